@@ -1,0 +1,413 @@
+"""Reading and writing videos (mp4/gif/webp/PNG folders) with a JSON sidecar of settings and versions.
+
+Layout everywhere in this module: frames are `(N, H, W, 3) uint8` RGB, N >= 1.
+
+Output formats, chosen by the path's suffix (`VIDEO_SUFFIXES`), or no suffix for a folder of PNGs:
+
+- `.mp4`: H.264 (libx264, yuv420p, CRF 18) through PyAV. yuv420p needs even sizes, so an odd width or
+  height is padded by one replicated row/column; the sidecar records the true size and `read_video`
+  crops the padding off again (other players show the extra edge row/column).
+- `.gif` / `.webp`: looping animations through Pillow (GIF: adaptive 256-colour palette per frame, no dither,
+  delays in 1/100 s; WebP: lossy, quality 90). Both encoders merge identical consecutive frames into one
+  longer frame; `read_video` expands frames back by their durations, so the frame count survives.
+- folder: `00000.png`, `00001.png`, ... (lossless).
+
+Every write goes to a temporary name in the target directory and is renamed into place, so a crash never
+leaves a half-written output, and nothing is replaced unless `overwrite=True`. Beside the output,
+`<output>.json` (e.g. `clip.mp4.json`, `frames.json` for folder `frames`) holds the caller's metadata plus
+fps, frame count, size, format, the nadm version and the library versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from fractions import Fraction
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nadm import __version__
+from nadm.errors import NADMError
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FOLDER_FPS = 8.0  # fps of a frame folder that has no sidecar
+MP4_CRF = 18  # visually lossless-ish H.264 quality
+WEBP_QUALITY = 90
+SIDECAR_KEYS = ("fps", "frames", "width", "height", "format", "nadm_version", "versions", "stored_size")
+
+# distribution names per reported library (the first one installed wins)
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "diffusers": ("diffusers",),
+    "transformers": ("transformers",),
+    "numpy": ("numpy",),
+    "av": ("av",),
+    "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless"),
+    "pillow": ("pillow",),
+    "scipy": ("scipy",),
+}
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions of Python, nadm and the libraries behind the results (None where one is not installed)."""
+    import platform
+
+    versions: dict[str, str | None] = {"python": platform.python_version(), "nadm": __version__}
+    for name, dists in _DISTRIBUTIONS.items():
+        versions[name] = None
+        for dist in dists:
+            try:
+                versions[name] = importlib_metadata.version(dist)
+                break
+            except importlib_metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar beside an output: `clip.mp4` -> `clip.mp4.json`, folder `frames` -> `frames.json`."""
+    return Path(str(Path(path)) + ".json")
+
+
+def _format_of(path: Path) -> str:
+    """The output format from the suffix: 'mp4', 'gif', 'webp' or 'png-folder'; NADMError for anything else."""
+    suffix = path.suffix.lower()
+    if suffix == "":
+        return "png-folder"
+    if suffix not in VIDEO_SUFFIXES:
+        allowed = ", ".join(VIDEO_SUFFIXES)
+        raise NADMError(
+            f"unsupported output extension '{path.suffix}' in {path}: use one of {allowed}, "
+            "or no extension for a folder of PNG frames"
+        )
+    return suffix[1:]
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Validate an output path before any expensive work; create its parent folder; return it as a Path."""
+    out = Path(path).expanduser()
+    _format_of(out)
+    existing = [p for p in (out, sidecar_path(out)) if p.exists() or p.is_symlink()]
+    if existing and not overwrite:
+        raise NADMError(f"{existing[0]} already exists: pass --overwrite to replace it")
+    if out.exists() and out.is_dir() != (out.suffix == ""):
+        kind = "folder" if out.is_dir() else "file"
+        raise NADMError(f"{out} exists and is a {kind}; choose another output path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NADMError(f"cannot create the output folder {out.parent}: {e.strerror or e}") from e
+    return out
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    """Raise ValueError unless frames is a non-empty (N, H, W, 3) uint8 array."""
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
+        raise ValueError(f"frames must have shape (N, H, W, 3) with N, H, W >= 1, got {tuple(frames.shape)}")
+
+
+def _check_fps(fps: float) -> float:
+    """Raise ValueError unless fps is a positive finite number; return it as float."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a number, got {fps!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"fps must be positive and finite, got {fps!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _write_mp4(frames: np.ndarray, target: Path, fps: float) -> list[int] | None:
+    """H.264 yuv420p mp4 via PyAV; odd sizes padded to even by edge replication. Returns the stored [W, H]
+    when padding was added."""
+    import av
+
+    n, h, w, _ = frames.shape
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:  # (N, H, W, 3) -> (N, H + pad_h, W + pad_w, 3)
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(target), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = w + pad_w, h + pad_h
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return [w + pad_w, h + pad_h] if (pad_h or pad_w) else None
+
+
+def _write_animation(frames: np.ndarray, target: Path, fps: float, fmt: str) -> None:
+    """Looping GIF or WebP via Pillow at a constant frame duration."""
+    from PIL import Image
+
+    images = [Image.fromarray(frame, mode="RGB") for frame in frames]
+    if fmt == "gif":
+        # GIF delays are in 1/100 s; quantise each frame to its own adaptive palette, no dither (no crawl).
+        images = [im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) for im in images]
+        duration = max(1, round(100.0 / fps)) * 10
+        extra: dict[str, Any] = {"optimize": False, "disposal": 1}
+    else:
+        duration = max(1, round(1000.0 / fps))
+        extra = {"quality": WEBP_QUALITY, "method": 4, "lossless": False}
+    images[0].save(
+        str(target), format=fmt.upper(), save_all=True, append_images=images[1:], duration=duration, loop=0, **extra
+    )
+
+
+def _write_png_folder(frames: np.ndarray, target: Path) -> None:
+    """Numbered PNGs 00000.png, 00001.png, ... in a new folder."""
+    import cv2
+
+    target.mkdir()
+    for i, frame in enumerate(frames):
+        if not cv2.imwrite(str(target / f"{i:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"OpenCV could not write {target / f'{i:05d}.png'}")
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename tmp to final; an existing final (file or folder) is replaced only when overwrite is set."""
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise NADMError(f"{final} already exists: pass --overwrite to replace it")
+        if final.is_dir() and not final.is_symlink():
+            # os.replace cannot replace a non-empty folder: move the old one aside, swap, then delete it.
+            aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+            return
+    os.replace(tmp, final)
+
+
+def write_video(
+    frames: np.ndarray,
+    path: str | os.PathLike,
+    fps: float,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `(N, H, W, 3) uint8` RGB frames to mp4/gif/webp or a PNG folder, atomically, plus `<path>.json`."""
+    # 1. validate everything before touching the disk
+    _check_frames(frames)
+    fps = _check_fps(fps)
+    metadata = dict(metadata or {})
+    clash = sorted(set(metadata) & set(SIDECAR_KEYS))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved for the video writer")
+    out = check_output_path(path, overwrite)
+    fmt = _format_of(out)
+    n, h, w, _ = frames.shape
+    frames = np.ascontiguousarray(frames)
+
+    # 2. encode under a hidden temporary name in the target folder (same file system -> atomic rename)
+    token = uuid.uuid4().hex[:8]
+    tmp = out.with_name(f".{out.name}.tmp-{token}{out.suffix}")
+    tmp_sidecar = out.with_name(f".{out.name}.json.tmp-{token}")
+    try:
+        stored_size = None
+        if fmt == "mp4":
+            stored_size = _write_mp4(frames, tmp, fps)
+        elif fmt in ("gif", "webp"):
+            _write_animation(frames, tmp, fps, fmt)
+        else:
+            _write_png_folder(frames, tmp)
+
+        # 3. the sidecar: caller's metadata + what was written + versions
+        info: dict[str, Any] = {
+            **metadata,
+            "fps": fps,
+            "frames": int(n),
+            "width": int(w),
+            "height": int(h),
+            "format": fmt,
+            "nadm_version": __version__,
+            "versions": environment_versions(),
+        }
+        if stored_size is not None:
+            info["stored_size"] = stored_size
+        try:
+            text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"metadata is not JSON-serialisable: {e}") from e
+        tmp_sidecar.write_text(text + "\n", encoding="utf-8")
+
+        # 4. rename both into place (the video first: a sidecar never describes a missing video)
+        _move_into_place(tmp, out, overwrite)
+        _move_into_place(tmp_sidecar, sidecar_path(out), overwrite)
+    except OSError as e:
+        raise NADMError(f"could not write {out}: {e.strerror or e}") from e
+    finally:
+        _remove(tmp)
+        _remove(tmp_sidecar)
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for numpy scalars/arrays and paths found in metadata."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The parsed `<path>.json` sidecar, or None when there is none (NADMError if it is not valid JSON)."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NADMError(f"cannot read the sidecar {side}: {e}") from e
+    return data if isinstance(data, dict) else None
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that compares digit runs as numbers: frame2 < frame10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _read_folder(folder: Path) -> np.ndarray:
+    """All images of a folder, sorted by name (digit runs as numbers), as (N, H, W, 3) uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: _natural_key(p.name),
+    )
+    if not files:
+        raise NADMError(f"no image frames ({', '.join(IMAGE_SUFFIXES)}) in the folder {folder}")
+    frames = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                frame = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise NADMError(f"cannot read the frame {file}: {e}") from e
+        if frames and frame.shape != frames[0].shape:
+            raise NADMError(
+                f"frame {file.name} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}: all frames in {folder} must have one size"
+            )
+        frames.append(frame)
+    return np.stack(frames)
+
+
+def _read_animation(path: Path) -> tuple[np.ndarray, float]:
+    """A GIF/WebP through Pillow, frames repeated by duration onto a constant rate, and that rate."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    frames, durations = [], []
+    try:
+        with Image.open(path) as im:
+            for frame in ImageSequence.Iterator(im):
+                frames.append(np.asarray(frame.convert("RGB")))
+                durations.append(float(frame.info.get("duration") or 0.0))
+    except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:
+        raise NADMError(f"cannot decode {path}: {e}") from e
+    if not frames:
+        raise NADMError(f"{path} contains no frames")
+    positive = [d for d in durations if d > 0]
+    if not positive:
+        return np.stack(frames), 10.0  # no timing stored: browsers play such GIFs at about 10 fps
+    base = min(positive)  # merged identical frames have multiples of the base duration: expand them again
+    repeats = [max(1, round(d / base)) if d > 0 else 1 for d in durations]
+    stacked = np.stack(frames)  # (N, H, W, 3)
+    return np.repeat(stacked, repeats, axis=0), 1000.0 / base
+
+
+def _read_av(path: Path) -> tuple[np.ndarray, float]:
+    """Any video PyAV (FFmpeg) decodes: all frames of the first video stream as RGB, and its frame rate."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise NADMError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except NADMError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise NADMError(f"cannot decode {path}: {e}") from e
+    if not frames:
+        raise NADMError(f"{path} contains no decodable video frames")
+    if any(f.shape != frames[0].shape for f in frames):
+        raise NADMError(f"{path} changes frame size mid-stream; nadm needs one size")
+    fps = float(rate) if rate else 0.0
+    return np.stack(frames), fps
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Frames `(N, H, W, 3) uint8` RGB and fps from a video file, GIF/WebP, or a folder of image frames.
+
+    fps comes from the `<path>.json` sidecar when there is one (nadm's own exact value), else from the file;
+    a folder without a sidecar plays at DEFAULT_FOLDER_FPS. mp4 padding recorded in the sidecar is cropped.
+    """
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise NADMError(f"input {src} does not exist")
+    side = read_sidecar(src)
+    # 1. decode by kind
+    if src.is_dir():
+        frames, fps = _read_folder(src), DEFAULT_FOLDER_FPS
+    elif src.suffix.lower() in (".gif", ".webp"):
+        frames, fps = _read_animation(src)
+    else:
+        frames, fps = _read_av(src)
+    # 2. undo the writer's mp4 padding (the sidecar says the true size and the stored one)
+    if side and side.get("stored_size") and isinstance(side.get("width"), int) and isinstance(side.get("height"), int):
+        if list(side["stored_size"]) == [frames.shape[2], frames.shape[1]]:
+            frames = frames[:, : side["height"], : side["width"]]
+    # 3. fps: sidecar first, then the file's own, never zero
+    side_fps = side.get("fps") if side else None
+    if isinstance(side_fps, (int, float)) and math.isfinite(side_fps) and side_fps > 0:
+        fps = float(side_fps)
+    if not (math.isfinite(fps) and fps > 0):
+        fps = DEFAULT_FOLDER_FPS
+    return np.ascontiguousarray(frames), fps
+
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "DEFAULT_FOLDER_FPS",
+    "check_output_path",
+    "environment_versions",
+    "read_sidecar",
+    "read_video",
+    "sidecar_path",
+    "write_video",
+]
