@@ -1,0 +1,47 @@
+"""`nadm --version` and `nadm info`, run as a user would (a subprocess)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nadm import __version__
+from nadm.checkpoint import save_checkpoint
+from nadm.motion import build_video_unet, motion_state_dict
+from nadm.tiny import TINY_MOTION, build_tiny_base, tiny_unet
+
+
+def nadm(*args):
+    return subprocess.run([sys.executable, "-m", "nadm", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    r = nadm("--version")
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_info_counts_parameters(tmp_path):
+    base = build_tiny_base(tmp_path / "base")
+    unet2d = tiny_unet()
+    video = build_video_unet(unet2d, TINY_MOTION)
+    save_checkpoint(tmp_path / "motion", TINY_MOTION, motion_state_dict(video))
+    r = nadm("info", "--base", base, "--motion", tmp_path / "motion")
+    assert r.returncode == 0, r.stderr
+    assert "cpu" in r.stdout and "diffusers" in r.stdout
+    frozen = sum(p.numel() for p in unet2d.parameters())
+    motion = sum(v.numel() for k, v in video.named_parameters() if "motion_modules" in k)
+    assert f"frozen (SD UNet)         {frozen:,}" in r.stdout
+    assert f"trainable (motion)       {motion:,}" in r.stdout
+    assert "nadm (attn1=versatile, attn2=sparse_causal)" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--motion", "/nonexistent/mm.ckpt"], "motion weights not found"),
+    (["--base", "/nonexistent/base.safetensors"], "base checkpoint not found"),
+])
+def test_info_bad_input_is_one_line(args, message):
+    r = nadm("info", *args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.startswith("error:")]) == 1
