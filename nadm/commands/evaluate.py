@@ -1,0 +1,432 @@
+"""`nadm evaluate` and `nadm compare`: the paper's metric tables (Sec. IV-C2, Tables I-IV) from video folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nadm.errors import NADMError
+
+VIDEO_FILE_SUFFIXES = (".mp4", ".gif", ".webp", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# column title and number format per metric, in the paper's order (Table I), then the weight-free ones
+COLUMNS = {
+    "fvd": ("FVD16 ↓", "{:.1f}"),
+    "kvd": ("KVD16 ↓", "{:.2f}"),
+    "clip_text": ("CLIP-text ↑", "{:.3f}"),
+    "clip_temp": ("CLIP-temp ↑", "{:.3f}"),
+    "is": ("IS ↑", "{:.2f}"),
+    "warp": ("warp ↓", "{:.5f}"),
+    "flicker": ("flicker ↓", "{:.2f}"),
+}
+
+METRIC_HELP = """\b
+Metrics (--metrics, comma-separated, default all):
+  fvd, kvd   FVD16 / KVD16: Frechet distance and unbiased polynomial-kernel MMD^2
+             between I3D (Kinetics-400) features of real and generated clips.
+             Needs --real.
+  clip_text  100 x cosine(CLIP frame embedding, CLIP prompt embedding), mean
+             over every frame, then over videos. Needs prompts.
+  clip_temp  cosine between CLIP embeddings of consecutive frames, mean over
+             every pair, then over videos.
+  is         Inception Score from C3D (UCF-101) class probabilities, over
+             --is-splits splits (default 1, as TGAN-v2).
+  warp       flow warping error (Lai et al. 2018): frame t+1 warped back onto
+             frame t with the flow t->t+1, squared RGB error in [0, 1] over
+             non-occluded pixels (forward-backward check), mean over pairs.
+  flicker    mean absolute difference of consecutive frames, in grey levels.
+
+\b
+Clips: FVD16, KVD16 and IS use ONE clip per video: its first 16 frames taken
+every --real-stride / --fake-stride frames (default 1: frames 0..15); videos
+too short for that are an error. Frames are centre-cropped to a square; I3D
+resizes to 224x224 itself, C3D gets 128x128 and uses the centre 112x112.
+CLIP, warp and flicker use every frame of each generated video.
+
+\b
+Trials: with --trials 1 (default) FVD/KVD/IS use the full sets. With T > 1 each
+trial draws a random subset without replacement (--subset-size videos, default
+half of each set) of the real and of the generated clips, and the table shows
+mean ± std over the T trials, as the paper's tables do. FVD depends on the
+number of clips: compare only numbers computed with the same sizes.
+"""
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def _natural_key(name: str) -> list:
+    """Sort key comparing digit runs as numbers: video2 < video10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def list_videos(folder: str | os.PathLike) -> list[Path]:
+    """The videos in a folder, naturally sorted: video files, and sub-folders of frames (one per video)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise NADMError(f"{root} is not a folder of videos")
+    entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
+    videos = [p for p in entries if p.is_dir() or p.suffix.lower() in VIDEO_FILE_SUFFIXES]
+    if not videos:
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
+            raise NADMError(f"{root} holds image files but no videos: put each video's frames in its own sub-folder")
+        raise NADMError(f"no videos ({', '.join(VIDEO_FILE_SUFFIXES)} or frame folders) in {root}")
+    return videos
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """The non-empty lines of a prompt file, stripped."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise NADMError(f"cannot read the prompt file {path}: {e}") from e
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise NADMError(f"the prompt file {path} has no prompts")
+    return prompts
+
+
+def match_prompts(videos: list[Path], prompts_file: str | None) -> list[str]:
+    """One prompt per video: line i of --prompts for sorted video i, else the "prompt" of each video's sidecar."""
+    from nadm.io import read_sidecar
+
+    if prompts_file:
+        prompts = read_prompt_file(prompts_file)
+        if len(prompts) != len(videos):
+            raise NADMError(
+                f"{prompts_file} has {len(prompts)} prompts for {len(videos)} videos in {videos[0].parent}: "
+                "give one line per video, in the videos' sorted order"
+            )
+        return prompts
+    out = []
+    for video in videos:
+        side = read_sidecar(video) or {}
+        prompt = side.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise NADMError(f"{video} has no sidecar {video.name}.json with a \"prompt\": pass --prompts FILE")
+        out.append(prompt)
+    return out
+
+
+def _labels(folders: list[str]) -> list[str]:
+    """Table labels: folder names, or the full paths where two names collide."""
+    names = [Path(f).expanduser().resolve().name for f in folders]
+    return names if len(set(names)) == len(names) else [str(Path(f).expanduser()) for f in folders]
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """'all' or a comma-separated subset of the metric names, in the table's order."""
+    from nadm.metrics import METRICS
+
+    if text.strip().lower() == "all":
+        return METRICS
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise NADMError(f"unknown metric(s) {', '.join(unknown) or '(none)'}: choose from all, {', '.join(METRICS)}")
+    return tuple(m for m in METRICS if m in names)
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def check_json_path(path: str | None, overwrite: bool) -> Path | None:
+    """Validate the JSON output before any work: it must not exist unless overwrite; its folder is created."""
+    if not path:
+        return None
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise NADMError(f"{out} is a folder; give a file name for --json")
+    if out.exists() and not overwrite:
+        raise NADMError(f"{out} already exists: pass --overwrite to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
+    return out
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise NADMError(f"could not write {path}: {e.strerror or e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table like the paper's: one row per set, mean ± std where there are several trials."""
+    metrics = [m for m in COLUMNS if any(m in r for r in results.values())]
+    header = ["videos"] + [COLUMNS[m][0] for m in metrics]
+    rows = []
+    for label, res in results.items():
+        row = [label]
+        for m in metrics:
+            if m not in res:
+                row.append("-")
+                continue
+            fmt = COLUMNS[m][1]
+            cell = fmt.format(res[m]["mean"])
+            if m in ("fvd", "kvd", "is") and len(res[m]["values"]) > 1:
+                cell += " ± " + fmt.format(res[m]["std"])
+            row.append(cell)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    return "\n".join(lines)
+
+
+def _report(settings: dict[str, Any], results: dict[str, dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document: versions, settings, inputs and results."""
+    from nadm.io import environment_versions
+
+    return {"versions": environment_versions(), "settings": settings, **extra, "results": results}
+
+
+# --------------------------------------------------------------------------------------- shared options
+
+
+def _eval_options(f):
+    """The options `evaluate` and `compare` share (metric choice, trials, networks, device)."""
+    options = [
+        click.option("--metrics", "metrics_text", default="all", show_default=True, help="Comma-separated metrics, or all."),
+        click.option("--trials", type=int, default=1, show_default=True, help="FVD/KVD/IS trials (random subsets when > 1)."),
+        click.option("--subset-size", type=int, default=None, help="Videos per set in each trial [default: half of each set]."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the trials' subsets."),
+        click.option("--is-splits", type=int, default=1, show_default=True, help="Inception Score splits."),
+        click.option("--real-stride", type=int, default=1, show_default=True, help="Frame step of the real 16-frame clips."),
+        click.option("--fake-stride", type=int, default=1, show_default=True, help="Frame step of the generated clips."),
+        click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
+                     help="Optical flow for the warping error."),
+        click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder with i3d_torchscript.pt / c3d_ucf101.pt [default: the cache, ~/.cache/nadm/metrics]."),
+        click.option("--clip-model", default=None, help="CLIP hub id or local folder [default: openai/clip-vit-large-patch14]."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per network batch (CLIP: 4x frames)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the results here."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing --json file (and, for compare, videos)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _options_from(kw: dict[str, Any]):
+    """EvalOptions from the shared click options."""
+    from nadm.metrics import DEFAULT_CLIP_MODEL, EvalOptions
+
+    return EvalOptions(
+        metrics=parse_metrics(kw["metrics_text"]),
+        trials=kw["trials"],
+        subset_size=kw["subset_size"],
+        seed=kw["seed"],
+        is_splits=kw["is_splits"],
+        real_stride=kw["real_stride"],
+        fake_stride=kw["fake_stride"],
+        weights_dir=kw["weights_dir"],
+        clip_model=kw["clip_model"] or DEFAULT_CLIP_MODEL,
+        flow=kw["flow"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        progress=not kw["quiet"],
+    )
+
+
+def _settings(opt) -> dict[str, Any]:
+    """The evaluation settings as JSON-ready values."""
+    from dataclasses import asdict
+
+    settings = asdict(opt)
+    settings.pop("progress")
+    settings["metrics"] = list(settings["metrics"])
+    return settings
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+@click.command(epilog=METRIC_HELP + """
+\b
+Prompts (clip_text): line i of --prompts (non-empty lines) belongs to the i-th
+video of each --fake folder in natural sort order (video2 before video10);
+without --prompts each video's sidecar VIDEO.json (written by nadm generate)
+must hold a "prompt".
+""")
+@click.option("--fake", "fake_dirs", multiple=True, required=True, type=click.Path(),
+              help="Folder of generated videos (repeat for several rows).")
+@click.option("--real", "real_dir", type=click.Path(), default=None, help="Folder of real videos (FVD/KVD).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None, help="One prompt per line.")
+@_eval_options
+def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str | None, **kw: Any) -> None:
+    """Score folders of generated videos with the paper's metrics (Sec. IV-C2): FVD16, KVD16, CLIP-text,
+    CLIP-temp, IS, plus the flow warping error and flicker. Each folder holds one video per file
+    (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
+    from nadm.metrics import NEEDS_PROMPTS, VideoSet, evaluate_sets
+
+    # 1. check every input before any network is loaded
+    json_out = check_json_path(kw["json_out"], kw["overwrite"])
+    opt = _options_from(kw)
+    real = list_videos(real_dir) if real_dir else None
+    sets = []
+    for label, folder in zip(_labels(list(fake_dirs)), fake_dirs):
+        videos = list_videos(folder)
+        prompts = match_prompts(videos, prompts_file) if set(opt.metrics) & NEEDS_PROMPTS else None
+        sets.append(VideoSet(label, videos, prompts))
+
+    # 2. score, 3. print, 4. save
+    results = evaluate_sets(sets, real, opt)
+    click.echo(format_table(results))
+    if json_out:
+        extra = {
+            "real": {"dir": real_dir, "videos": [p.name for p in real]} if real else None,
+            "fake": {s.label: {"dir": d, "videos": [p.name for p in s.paths]} for s, d in zip(sets, fake_dirs)},
+        }
+        write_json(json_out, _report(_settings(opt), results, extra))
+        click.echo(f"wrote {json_out}")
+
+
+# ------------------------------------------------------------------------------------------- compare
+
+
+def _parse_motion(items: tuple[str, ...]) -> dict[str, str]:
+    """NAME=CHECKPOINT pairs -> {name: checkpoint}; names become folder names, so they must be plain."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, ckpt = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not ckpt.strip():
+            raise NADMError(f"--motion takes NAME=CHECKPOINT, got '{item}'")
+        if not re.fullmatch(r"[A-Za-z0-9._+-]+", name) or name in (".", ".."):
+            raise NADMError(f"motion name '{name}' must be a plain folder name (letters, digits, . _ + -)")
+        if name in out:
+            raise NADMError(f"motion name '{name}' is given twice")
+        out[name] = ckpt.strip()
+    return out
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise NADMError(f"--seeds takes comma-separated integers, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise NADMError(f"--seeds needs distinct integers, got '{text}'")
+    return seeds
+
+
+def _reusable(path: Path, prompt: str, seed: int, motion: str) -> bool:
+    """True when path is a video compare made before with this prompt, seed and motion checkpoint."""
+    from nadm.io import read_sidecar
+
+    side = read_sidecar(path) or {}
+    return side.get("prompt") == prompt and side.get("seed") == seed and side.get("motion") == motion
+
+
+@click.command(epilog=METRIC_HELP + """
+\b
+Videos go to OUT/NAME/PPPP_seedS.mp4 (prompt index, seed) with a sidecar holding
+the prompt, seed, motion checkpoint and generation settings. An existing video
+with the same prompt, seed and checkpoint is reused (an interrupted run
+resumes); any other existing file is an error unless --overwrite.
+""")
+@click.option("--motion", "motions", multiple=True, required=True,
+              help="NAME=CHECKPOINT of a motion module (repeat: NADM, the AnimateDiff baseline, ablations).")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False), help="One prompt per line.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs with each.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the videos.")
+@click.option("--real", "real_dir", type=click.Path(), default=None, help="Folder of real videos (FVD/KVD).")
+@click.option("--base", default=None, help="Stable Diffusion base (hub id, folder or .safetensors) [default: the pipeline's].")
+@click.option("--frames", "num_frames", type=int, default=16, show_default=True, help="Generated frames per video.")
+@click.option("--height", type=int, default=256, show_default=True)
+@click.option("--width", type=int, default=256, show_default=True)
+@click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps (Sec. IV-A2).")
+@click.option("--guidance", type=float, default=8.0, show_default=True, help="Classifier-free guidance scale (Sec. IV-A2).")
+@click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1.")
+@click.option("--fps", type=float, default=8.0, show_default=True, help="Frame rate of the written videos.")
+@_eval_options
+def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: str, real_dir: str | None,
+            base: str | None, num_frames: int, height: int, width: int, steps: int, guidance: float,
+            interpolate: bool, fps: float, **kw: Any) -> None:
+    """Generate the same prompts and seeds with several motion checkpoints and score them into one table
+    (like the paper's Tables I-IV)."""
+    from nadm.metrics import C3D_WEIGHTS, I3D_WEIGHTS, NEEDS_REAL, VideoSet, check_request, evaluate_sets, resolve_weights
+
+    # 1. check every input, and fetch the metric networks, before hours of generation
+    json_out = check_json_path(kw["json_out"], kw["overwrite"])
+    opt = _options_from(kw)
+    checkpoints = _parse_motion(motions)
+    prompts = read_prompt_file(prompts_file)
+    seed_list = _parse_seeds(seeds)
+    real = list_videos(real_dir) if real_dir else None
+    root = Path(out_dir).expanduser()
+    jobs = [(i, p, s) for i, p in enumerate(prompts) for s in seed_list]
+    sets = [VideoSet(name, [root / name / f"{i:04d}_seed{s}.mp4" for i, _, s in jobs], [p for _, p, _ in jobs])
+            for name in checkpoints]
+    check_request(sets, real, opt)
+    for vs in sets:
+        for path, (_, prompt, seed) in zip(vs.paths, jobs):
+            if path.exists() and not kw["overwrite"] and not _reusable(path, prompt, seed, checkpoints[vs.label]):
+                raise NADMError(f"{path} exists and was not made with this prompt/seed/checkpoint: pass --overwrite")
+    if set(opt.metrics) & NEEDS_REAL:
+        resolve_weights(I3D_WEIGHTS, opt.weights_dir)
+    if "is" in opt.metrics:
+        resolve_weights(C3D_WEIGHTS, opt.weights_dir)
+    if importlib.util.find_spec("nadm.pipeline") is None:
+        raise NADMError("nadm compare needs nadm.pipeline (text-to-video generation), which this install lacks")
+
+    # 2. generate, one checkpoint at a time
+    for vs in sets:
+        _generate_set(vs, checkpoints[vs.label], jobs, base, opt.device, kw["overwrite"], not kw["quiet"],
+                      dict(num_frames=num_frames, height=height, width=width, steps=steps, guidance=guidance,
+                           interpolate=interpolate), fps)
+
+    # 3. score all sets against the same real features, 4. print and save
+    results = evaluate_sets(sets, real, opt)
+    click.echo(format_table(results))
+    if json_out:
+        extra = {
+            "real": {"dir": real_dir, "videos": [p.name for p in real]} if real else None,
+            "generation": {"base": base, "motions": checkpoints, "prompts": prompts, "seeds": seed_list,
+                           "num_frames": num_frames, "height": height, "width": width, "steps": steps,
+                           "guidance": guidance, "interpolate": interpolate, "out": str(root)},
+        }
+        write_json(json_out, _report(_settings(opt), results, extra))
+        click.echo(f"wrote {json_out}")
+
+
+def _generate_set(vs, checkpoint: str, jobs: list[tuple[int, str, int]], base: str | None, device: str | None,
+                  overwrite: bool, progress: bool, call: dict[str, Any], fps: float) -> None:
+    """Generate (or reuse) every video of one motion checkpoint with NADMPipeline."""
+    from tqdm.auto import tqdm
+
+    from nadm.io import write_video
+    from nadm.pipeline import NADMPipeline
+
+    todo = [(path, prompt, seed) for path, (_, prompt, seed) in zip(vs.paths, jobs) if overwrite or not path.exists()]
+    if not todo:
+        return
+    kwargs = {"motion": checkpoint} if base is None else {"base": base, "motion": checkpoint}
+    pipe = NADMPipeline.from_pretrained(**kwargs)
+    if device not in (None, "", "auto") and hasattr(pipe, "to"):
+        pipe.to(device)
+    for path, prompt, seed in tqdm(todo, desc=f"generating {vs.label}", unit="video", disable=not progress):
+        result = pipe(prompt, seed=seed, **call)
+        meta = {"prompt": prompt, "seed": seed, "motion": checkpoint, "settings": dict(result.settings)}
+        write_video(result.frames, path, fps=fps, metadata=meta, overwrite=overwrite)
+    del pipe
