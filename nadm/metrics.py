@@ -385,7 +385,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def flicker_score(frames: np.ndarray) -> float:
-    """Mean absolute difference of consecutive frames, in grey levels (0-255): temporal flicker (Sec. IV-C2 aid)."""
+    """Mean absolute difference of consecutive frames in grey levels (0-255); complements CLIP-temp (Sec. IV-C2)."""
     _check_video(frames, min_frames=2)
     diffs = [np.abs(frames[t + 1].astype(np.float32) - frames[t].astype(np.float32)).mean() for t in range(len(frames) - 1)]
     return float(np.mean(diffs))
@@ -413,7 +413,7 @@ def _valid_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
 
 
 def warping_error(frames: np.ndarray, flow: FlowFn) -> float:
-    """Flow warping error of Lai et al. 2018 (mean over frame pairs; Sec. IV-C2 aid), occlusions masked.
+    """Flow warping error of Lai et al. 2018, occlusions masked; weight-free complement to CLIP-temp (Sec. IV-C2).
 
     For each pair (t, t+1): F = flow(I_t, I_{t+1}); W = I_{t+1} sampled at x + F(x) (bilinear), i.e. frame t+1
     warped back onto frame t; the error is sum_x M(x) |I_t(x) - W(x)|^2 / sum_x M(x), with RGB in [0, 1],
@@ -531,14 +531,22 @@ def _clip_of(path: Path, frames: np.ndarray, stride: int) -> np.ndarray:
         raise NADMError(f"{path}: {e}; remove short videos or lower the stride") from e
 
 
-def subsets(n: int, trials: int, size: int | None, rng: np.random.Generator) -> list[np.ndarray]:
-    """Index sets of the trials: one trial without a size uses all n items, else random subsets without
-    replacement of `size` items (default half the set, at least 2), one per trial."""
+def trial_size(n: int, trials: int, size: int | None, what: str = "a set") -> int:
+    """Videos per trial: all n for one trial without a size, else `size` (default half the set, at least 2)."""
     if trials == 1 and size is None:
-        return [np.arange(n)]
+        return n
     k = size if size is not None else max(2, n // 2)
     if not 2 <= k <= n:
-        raise NADMError(f"cannot draw subsets of {k} videos from a set of {n} (need 2 <= subset size <= {n})")
+        raise NADMError(f"cannot draw subsets of {k} videos from {what} of {n} (need 2 <= --subset-size <= {n})")
+    return k
+
+
+def subsets(n: int, trials: int, size: int | None, rng: np.random.Generator) -> list[np.ndarray]:
+    """Index sets of the trials: all n items for one trial without a size, else one random subset without
+    replacement of `trial_size` items per trial."""
+    k = trial_size(n, trials, size)
+    if trials == 1 and size is None:
+        return [np.arange(n)]
     return [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(trials)]
 
 
@@ -555,6 +563,7 @@ def check_request(fakes: Sequence[VideoSet], real: Sequence[Path] | None, opt: E
             raise NADMError(f"{', '.join(sorted(want & NEEDS_REAL))} compare against real videos: pass --real DIR")
         if len(real) < 2:
             raise NADMError(f"FVD/KVD need at least 2 real videos, got {len(real)}")
+        trial_size(len(real), opt.trials, opt.subset_size, "the real set")
     if not fakes:
         raise NADMError("no generated videos to evaluate")
     labels = [s.label for s in fakes]
@@ -565,6 +574,10 @@ def check_request(fakes: Sequence[VideoSet], real: Sequence[Path] | None, opt: E
             raise NADMError(f"{s.label}: no generated videos")
         if want & NEEDS_REAL and len(s.paths) < 2:
             raise NADMError(f"{s.label}: FVD/KVD need at least 2 generated videos, got {len(s.paths)}")
+        if want & TRIAL_METRICS:
+            k = trial_size(len(s.paths), opt.trials, opt.subset_size, f"the set {s.label}")
+            if "is" in want and opt.is_splits > k:
+                raise NADMError(f"{opt.is_splits} IS splits need at least that many videos per trial, {s.label} has {k}")
         if want & NEEDS_PROMPTS and (s.prompts is None or len(s.prompts) != len(s.paths)):
             raise NADMError(f"{s.label}: clip_text needs one prompt per generated video (--prompts FILE)")
     return want
@@ -626,8 +639,6 @@ def _score_set(
     if c3d is not None:
         probs = c3d.result()
         parts = subsets(len(probs), opt.trials, opt.subset_size, rng)
-        if opt.is_splits > len(parts[0]):
-            raise NADMError(f"{opt.is_splits} IS splits need at least that many videos per trial, have {len(parts[0])}")
         values = [inception_score(probs[idx], opt.is_splits) for idx in parts]
         results["is"] = _summary(values, fake_per_trial=len(parts[0]), splits=opt.is_splits)
 

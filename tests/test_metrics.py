@@ -344,6 +344,7 @@ def test_evaluate_weight_free_with_prompt_file_and_two_sets(video_dirs, tmp_path
     [
         (["--metrics", "fvd"], "pass --real DIR"),
         (["--metrics", "fvd,nope"], "unknown metric(s) nope"),
+        (["--metrics", "is", "--trials", "2", "--subset-size", "9"], "cannot draw subsets of 9"),
         (["--metrics", "clip_text", "--fake", "REAL"], "no sidecar"),
     ],
 )

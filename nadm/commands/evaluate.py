@@ -7,12 +7,16 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nadm.errors import NADMError
+
+if TYPE_CHECKING:
+    from nadm.metrics import EvalOptions, VideoSet
 
 VIDEO_FILE_SUFFIXES = (".mp4", ".gif", ".webp", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -200,7 +204,7 @@ def _report(settings: dict[str, Any], results: dict[str, dict[str, Any]], extra:
 # --------------------------------------------------------------------------------------- shared options
 
 
-def _eval_options(f):
+def _eval_options(f: Callable) -> Callable:
     """The options `evaluate` and `compare` share (metric choice, trials, networks, device)."""
     options = [
         click.option("--metrics", "metrics_text", default="all", show_default=True, help="Comma-separated metrics, or all."),
@@ -226,7 +230,7 @@ def _eval_options(f):
     return f
 
 
-def _options_from(kw: dict[str, Any]):
+def _options_from(kw: dict[str, Any]) -> EvalOptions:
     """EvalOptions from the shared click options."""
     from nadm.metrics import DEFAULT_CLIP_MODEL, EvalOptions
 
@@ -247,7 +251,7 @@ def _options_from(kw: dict[str, Any]):
     )
 
 
-def _settings(opt) -> dict[str, Any]:
+def _settings(opt: EvalOptions) -> dict[str, Any]:
     """The evaluation settings as JSON-ready values."""
     from dataclasses import asdict
 
@@ -410,7 +414,7 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
         click.echo(f"wrote {json_out}")
 
 
-def _generate_set(vs, checkpoint: str, jobs: list[tuple[int, str, int]], base: str | None, device: str | None,
+def _generate_set(vs: VideoSet, checkpoint: str, jobs: list[tuple[int, str, int]], base: str | None, device: str | None,
                   overwrite: bool, progress: bool, call: dict[str, Any], fps: float) -> None:
     """Generate (or reuse) every video of one motion checkpoint with NADMPipeline."""
     from tqdm.auto import tqdm
