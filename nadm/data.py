@@ -561,6 +561,8 @@ def prepare_dataset(
     # 2. cut each video into a staging folder beside DST (renamed into place at the end: all or nothing)
     staging = _make_staging(dst)
     report = PrepareReport([], [], len(sources), 0, 0)
+    listed = {source.relative_to(source_root).as_posix() for source in sources}
+    report.problems += [(video, f"captioned in {captions_file.name} but not found") for video in source_captions if video not in listed]
     captions: dict[str, str] = {}
     provenance = []
     taken: set[str] = set()
@@ -572,11 +574,12 @@ def prepare_dataset(
                 stem = f"{stem}_{source.suffix[1:]}"
             taken.add(stem)
             try:
+                stated = probe_video(source).frames
                 scenes = detect_scenes(source, detector, threshold)
             except (NADMError, scenedetect.VideoOpenFailure, *_DECODE_ERRORS) as e:
                 report.problems.append((rel, f"unreadable, skipped ({str(e).removeprefix(f'{source}: ')})"))
                 continue
-            seen, stated = (scenes[-1][1] if scenes else 0), probe_video(source).frames
+            seen = scenes[-1][1] if scenes else 0
             if seen < stated:  # PySceneDetect skips what it cannot decode: a short count means a damaged file
                 report.problems.append((rel, f"truncated or corrupt, skipped (decoded {seen} of {stated} frames)"))
                 continue
@@ -594,7 +597,7 @@ def prepare_dataset(
             except (NADMError, *_DECODE_ERRORS) as e:
                 for _, _, out in keep:
                     out.unlink(missing_ok=True)
-                report.problems.append((rel, f"decoding failed while cutting, skipped ({e})"))
+                report.problems.append((rel, f"decoding failed while cutting, skipped ({str(e).removeprefix(f'{source}: ')})"))
                 continue
             for info, (start, end, out) in zip(infos, keep):
                 if info.frames < min_frames:  # fewer frames decoded than the cut promised (variable frame rate)

@@ -278,7 +278,7 @@ def test_prepare_splits_scenes_and_carries_captions(tmp_path, capsys):
     (src / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(500))
     full = write_video(tmp_path / "damaged.mp4", moving_pattern(60, 0), faststart=True).read_bytes()
     (src / "videos" / "damaged.mp4").write_bytes(full[: len(full) // 2])  # header intact, frames cut off
-    write_captions_csv(src, [("hills/cut.mp4", "ink mountains, drifting clouds")])
+    write_captions_csv(src, [("hills/cut.mp4", "ink mountains, drifting clouds"), ("ghost.mp4", "never filmed")])
 
     code, out, err = run_cli(["data", "prepare", str(src), str(dst), "--quiet"], capsys)
     assert code == 0, err
@@ -297,8 +297,8 @@ def test_prepare_splits_scenes_and_carries_captions(tmp_path, capsys):
     assert "clips: 3" in out and "3 x 64x48" in out and "3 x 25 fps" in out and "videos: 5" in out
     assert "dropped shorter than 32 frames: 1" in out
     assert "broken.mp4: unreadable, skipped" in out
-    assert "damaged.mp4: truncated or corrupt, skipped" in out or "damaged.mp4: unreadable, skipped" in out
-    assert "1 clip(s) have an empty caption" in out
+    assert "damaged.mp4: truncated or corrupt, skipped (decoded 1 of 60 frames)" in out
+    assert "1 clip(s) have an empty caption" in out and "ghost.mp4: captioned in captions.csv but not found" in out
     record = json.loads((dst / "prepare.json").read_text())
     assert {(c["clip"], c["start"], c["end"]) for c in record["clips"]} >= {
         ("hills/cut-scene001.mp4", 0, 40),
