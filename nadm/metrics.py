@@ -119,7 +119,9 @@ def cut_clip(frames: np.ndarray, num_frames: int = CLIP_FRAMES, stride: int = 1)
         raise ValueError(f"stride must be >= 1, got {stride}")
     need = (num_frames - 1) * stride + 1
     if frames.shape[0] < need:
-        raise ValueError(f"a {num_frames}-frame clip at stride {stride} needs {need} frames, the video has {frames.shape[0]}")
+        raise ValueError(
+            f"a {num_frames}-frame clip at stride {stride} needs {need} frames, the video has {frames.shape[0]}"
+        )
     return frames[: need : stride]
 
 
@@ -134,7 +136,8 @@ def center_square(frames: np.ndarray) -> np.ndarray:
 def _check_video(frames: np.ndarray, min_frames: int = 1) -> None:
     """Raise ValueError unless frames is an `(N, H, W, 3) uint8` array with N >= min_frames."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-        desc = f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        is_array = isinstance(frames, np.ndarray)
+        desc = f"{frames.dtype} array of shape {frames.shape}" if is_array else type(frames).__name__
         raise ValueError(f"a video must be an (N, H, W, 3) uint8 array, got {desc}")
     if frames.shape[0] < min_frames:
         raise ValueError(f"this metric needs at least {min_frames} frames, the video has {frames.shape[0]}")
@@ -185,17 +188,19 @@ def cache_dir() -> Path:
 
 def _offline() -> bool:
     """True when the environment forbids downloads (NADM_OFFLINE or HF_HUB_OFFLINE set to a true value)."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("NADM_OFFLINE", "HF_HUB_OFFLINE"))
+    flags = (os.environ.get(k, "").strip().lower() for k in ("NADM_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(flag in ("1", "true", "yes", "on") for flag in flags)
 
 
-def _download(url: str, target: Path, what: str) -> None:
+def _download(url: str, target: Path) -> None:
     """Fetch url into target atomically (temporary file in the same folder, then rename), with a progress bar."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}", file=sys.stderr) as bar:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}", file=sys.stderr)
+            with bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -217,9 +222,11 @@ def resolve_weights(weights: WeightFile, weights_dir: str | os.PathLike | None =
         raise NADMError(f"{weights.name} ({weights.what}) is not in {where} and downloads are off: {advice}")
     target = places[0] / weights.name
     try:
-        _download(weights.url, target, weights.what)
+        _download(weights.url, target)
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise NADMError(f"{weights.name} ({weights.what}) is not in {where} and could not be downloaded ({e}): {advice}") from e
+        raise NADMError(
+            f"{weights.name} ({weights.what}) is not in {where} and could not be downloaded ({e}): {advice}"
+        ) from e
     return target
 
 
@@ -238,7 +245,9 @@ def _torch_device(device: str | None) -> Any:
     return dev
 
 
-def load_torchscript(weights: WeightFile, weights_dir: str | os.PathLike | None = None, device: str | None = None):
+def load_torchscript(
+    weights: WeightFile, weights_dir: str | os.PathLike | None = None, device: str | None = None
+) -> Any:
     """Load a metric network (`torch.jit.load`) in eval mode on the device; NADMError if missing or unreadable."""
     import torch
 
@@ -249,7 +258,9 @@ def load_torchscript(weights: WeightFile, weights_dir: str | os.PathLike | None 
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
             return torch.jit.load(str(path), map_location=dev).eval()
     except (RuntimeError, ValueError, OSError) as e:
-        raise NADMError(f"cannot load {path} as TorchScript ({weights.what}): {e}; delete it and fetch {weights.url} again") from e
+        raise NADMError(
+            f"cannot load {path} as TorchScript ({weights.what}): {e}; delete it and fetch {weights.url} again"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------ video networks
@@ -327,7 +338,8 @@ class ClipScorer:
         except (OSError, ValueError) as e:
             raise NADMError(
                 f"cannot load the CLIP model '{model}' ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "pass --clip-model with a hub id or a local folder holding the model, tokenizer and preprocessor_config.json"
+                "pass --clip-model with a hub id or a local folder holding the model, tokenizer and "
+                "preprocessor_config.json"
             ) from e
         self._torch = torch
 
@@ -349,7 +361,8 @@ class ClipScorer:
         torch = self._torch
         tokens = self.tokenizer([prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
         with torch.inference_mode():
-            emb = _embedding(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+            out = self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            emb = _embedding(out)
         return torch.nn.functional.normalize(emb.float(), dim=-1)[0].cpu().numpy().astype(np.float64)
 
 
@@ -387,7 +400,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def flicker_score(frames: np.ndarray) -> float:
     """Mean absolute difference of consecutive frames in grey levels (0-255); complements CLIP-temp (Sec. IV-C2)."""
     _check_video(frames, min_frames=2)
-    diffs = [np.abs(frames[t + 1].astype(np.float32) - frames[t].astype(np.float32)).mean() for t in range(len(frames) - 1)]
+    diffs = [
+        np.abs(frames[t + 1].astype(np.float32) - frames[t].astype(np.float32)).mean() for t in range(len(frames) - 1)
+    ]
     return float(np.mean(diffs))
 
 
@@ -577,7 +592,9 @@ def check_request(fakes: Sequence[VideoSet], real: Sequence[Path] | None, opt: E
         if want & TRIAL_METRICS:
             k = trial_size(len(s.paths), opt.trials, opt.subset_size, f"the set {s.label}")
             if "is" in want and opt.is_splits > k:
-                raise NADMError(f"{opt.is_splits} IS splits need at least that many videos per trial, {s.label} has {k}")
+                raise NADMError(
+                    f"{opt.is_splits} IS splits need at least that many videos per trial, {s.label} has {k}"
+                )
         if want & NEEDS_PROMPTS and (s.prompts is None or len(s.prompts) != len(s.paths)):
             raise NADMError(f"{s.label}: clip_text needs one prompt per generated video (--prompts FILE)")
     return want

@@ -365,9 +365,70 @@ def test_evaluate_help_states_clip_rule(capsys):
 # -------------------------------------------------------------------------------------- nadm compare
 
 
+class _StandInPipeline:
+    """Test stand-in with NADMPipeline's API: frames translate at a speed set by the motion checkpoint's name."""
+
+    loads: list[dict] = []
+
+    def __init__(self, motion: str) -> None:
+        self.step = 1 if motion.endswith("smooth") else 3
+
+    @classmethod
+    def from_pretrained(cls, **kwargs):
+        cls.loads.append(kwargs)
+        return cls(kwargs["motion"])
+
+    def __call__(self, prompt, num_frames, height, width, steps, guidance, seed, interpolate):
+        from types import SimpleNamespace
+
+        frames = _translating(num_frames, height, width, step=self.step, seed=seed)
+        return SimpleNamespace(frames=frames, settings={"steps": steps, "guidance": guidance, "fps": 8})
+
+
+@pytest.fixture
+def stand_in_pipeline(monkeypatch):
+    """Install the stand-in as `nadm.pipeline` for this test only."""
+    import importlib.machinery
+    import sys
+    import types
+
+    module = types.ModuleType("nadm.pipeline")
+    module.__spec__ = importlib.machinery.ModuleSpec("nadm.pipeline", None)
+    module.NADMPipeline = _StandInPipeline
+    monkeypatch.setitem(sys.modules, "nadm.pipeline", module)
+    _StandInPipeline.loads = []
+    return _StandInPipeline
+
+
+def test_compare_generates_reuses_and_tabulates(stand_in_pipeline, clip_dir, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a misty river\nboats under the mountain\n")
+    out = tmp_path / "out"
+    args = ["compare", "--motion", "nadm=ckpt/smooth", "--motion", "baseline=ckpt/shaky", "--prompts",
+            str(tmp_path / "p.txt"), "--seeds", "0,1", "--out", str(out), "--frames", "5", "--height", "32",
+            "--width", "48", "--metrics", "clip_text,warp,flicker", "--clip-model", str(clip_dir), "--device", "cpu",
+            "--quiet"]
+    code, stdout, stderr = _run_cli([*args, "--json", str(tmp_path / "a.json")], capsys)
+    assert code == 0, stderr
+    assert [row.split()[0] for row in stdout.splitlines()[1:3]] == ["nadm", "baseline"]
+    assert sorted(p.name for p in (out / "nadm").glob("*.mp4")) == [
+        "0000_seed0.mp4", "0000_seed1.mp4", "0001_seed0.mp4", "0001_seed1.mp4"]
+    side = json.loads((out / "baseline" / "0001_seed1.mp4.json").read_text())
+    assert (side["prompt"], side["seed"], side["motion"]) == ("boats under the mountain", 1, "ckpt/shaky")
+    results = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert results["nadm"]["flicker"]["mean"] < results["baseline"]["flicker"]["mean"]  # 1 px vs 3 px steps
+    assert len(stand_in_pipeline.loads) == 2
+
+    # a second run reuses every video (no model loaded); a changed checkpoint for a name is refused
+    code, _, stderr = _run_cli([*args, "--json", str(tmp_path / "b.json")], capsys)
+    assert code == 0, stderr
+    assert len(stand_in_pipeline.loads) == 2
+    code, _, stderr = _run_cli([*[a.replace("ckpt/shaky", "ckpt/other") for a in args]], capsys)
+    assert code == 2 and "pass --overwrite" in stderr
+
+
 def test_compare_without_pipeline_is_a_clear_error(tmp_path, capsys):
     if importlib.util.find_spec("nadm.pipeline") is not None:
-        pytest.skip("nadm.pipeline exists: the end-to-end compare test covers it")
+        pytest.skip("nadm.pipeline is installed, so its absence cannot be tested")
     (tmp_path / "p.txt").write_text("a misty river\n")
     code, _, stderr = _run_cli(["compare", "--motion", "nadm=ckpt", "--prompts", str(tmp_path / "p.txt"),
                                 "--out", str(tmp_path / "out"), "--metrics", "flicker"], capsys)

@@ -206,22 +206,27 @@ def _report(settings: dict[str, Any], results: dict[str, dict[str, Any]], extra:
 
 def _eval_options(f: Callable) -> Callable:
     """The options `evaluate` and `compare` share (metric choice, trials, networks, device)."""
+    shown = dict(show_default=True)
     options = [
-        click.option("--metrics", "metrics_text", default="all", show_default=True, help="Comma-separated metrics, or all."),
-        click.option("--trials", type=int, default=1, show_default=True, help="FVD/KVD/IS trials (random subsets when > 1)."),
-        click.option("--subset-size", type=int, default=None, help="Videos per set in each trial [default: half of each set]."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the trials' subsets."),
-        click.option("--is-splits", type=int, default=1, show_default=True, help="Inception Score splits."),
-        click.option("--real-stride", type=int, default=1, show_default=True, help="Frame step of the real 16-frame clips."),
-        click.option("--fake-stride", type=int, default=1, show_default=True, help="Frame step of the generated clips."),
-        click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
+        click.option("--metrics", "metrics_text", default="all", **shown, help="Comma-separated metrics, or all."),
+        click.option("--trials", type=int, default=1, **shown, help="FVD/KVD/IS trials (random subsets when > 1)."),
+        click.option("--subset-size", type=int, default=None,
+                     help="Videos per set in each trial [default: half of each set]."),
+        click.option("--seed", type=int, default=0, **shown, help="Seed of the trials' subsets."),
+        click.option("--is-splits", type=int, default=1, **shown, help="Inception Score splits."),
+        click.option("--real-stride", type=int, default=1, **shown, help="Frame step of the real 16-frame clips."),
+        click.option("--fake-stride", type=int, default=1, **shown, help="Frame step of the generated clips."),
+        click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", **shown,
                      help="Optical flow for the warping error."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder with i3d_torchscript.pt / c3d_ucf101.pt [default: the cache, ~/.cache/nadm/metrics]."),
-        click.option("--clip-model", default=None, help="CLIP hub id or local folder [default: openai/clip-vit-large-patch14]."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Clips per network batch (CLIP: 4x frames)."),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the results here."),
+                     help="Folder with i3d_torchscript.pt / c3d_ucf101.pt [default: the cache, "
+                          "~/.cache/nadm/metrics]."),
+        click.option("--clip-model", default=None,
+                     help="CLIP hub id or local folder [default: openai/clip-vit-large-patch14]."),
+        click.option("--device", default="auto", **shown, help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=int, default=8, **shown, help="Clips per network batch (CLIP: 4x frames)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the results here."),
         click.option("--overwrite", is_flag=True, help="Replace an existing --json file (and, for compare, videos)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -355,12 +360,14 @@ resumes); any other existing file is an error unless --overwrite.
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs with each.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the videos.")
 @click.option("--real", "real_dir", type=click.Path(), default=None, help="Folder of real videos (FVD/KVD).")
-@click.option("--base", default=None, help="Stable Diffusion base (hub id, folder or .safetensors) [default: the pipeline's].")
+@click.option("--base", default=None,
+              help="Stable Diffusion base (hub id, folder or .safetensors) [default: the pipeline's].")
 @click.option("--frames", "num_frames", type=int, default=16, show_default=True, help="Generated frames per video.")
 @click.option("--height", type=int, default=256, show_default=True)
 @click.option("--width", type=int, default=256, show_default=True)
 @click.option("--steps", type=int, default=25, show_default=True, help="DDIM steps (Sec. IV-A2).")
-@click.option("--guidance", type=float, default=8.0, show_default=True, help="Classifier-free guidance scale (Sec. IV-A2).")
+@click.option("--guidance", type=float, default=8.0, show_default=True,
+              help="Classifier-free guidance scale (Sec. IV-A2).")
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1.")
 @click.option("--fps", type=float, default=8.0, show_default=True, help="Frame rate of the written videos.")
 @_eval_options
@@ -369,7 +376,9 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
             interpolate: bool, fps: float, **kw: Any) -> None:
     """Generate the same prompts and seeds with several motion checkpoints and score them into one table
     (like the paper's Tables I-IV)."""
-    from nadm.metrics import C3D_WEIGHTS, I3D_WEIGHTS, NEEDS_REAL, VideoSet, check_request, evaluate_sets, resolve_weights
+    from nadm.metrics import (
+        C3D_WEIGHTS, I3D_WEIGHTS, NEEDS_REAL, VideoSet, check_request, evaluate_sets, resolve_weights,
+    )
 
     # 1. check every input, and fetch the metric networks, before hours of generation
     json_out = check_json_path(kw["json_out"], kw["overwrite"])
