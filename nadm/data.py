@@ -562,7 +562,9 @@ def prepare_dataset(
     staging = _make_staging(dst)
     report = PrepareReport([], [], len(sources), 0, 0)
     listed = {source.relative_to(source_root).as_posix() for source in sources}
-    report.problems += [(video, f"captioned in {captions_file.name} but not found") for video in source_captions if video not in listed]
+    for video in source_captions:
+        if video not in listed:
+            report.problems.append((video, f"captioned in {captions_file.name} but not found"))
     captions: dict[str, str] = {}
     provenance = []
     taken: set[str] = set()
@@ -597,7 +599,8 @@ def prepare_dataset(
             except (NADMError, *_DECODE_ERRORS) as e:
                 for _, _, out in keep:
                     out.unlink(missing_ok=True)
-                report.problems.append((rel, f"decoding failed while cutting, skipped ({str(e).removeprefix(f'{source}: ')})"))
+                reason = str(e).removeprefix(f"{source}: ")
+                report.problems.append((rel, f"decoding failed while cutting, skipped ({reason})"))
                 continue
             for info, (start, end, out) in zip(infos, keep):
                 if info.frames < min_frames:  # fewer frames decoded than the cut promised (variable frame rate)
@@ -613,7 +616,8 @@ def prepare_dataset(
         report.uncaptioned = sum(1 for caption in captions.values() if not caption)
         (staging / "videos").mkdir(exist_ok=True)
         write_captions(staging / "captions.csv", captions)
-        settings = {"detector": detector, "threshold": threshold or DETECTOR_DEFAULTS[detector], "min_frames": min_frames}
+        used = DETECTOR_DEFAULTS[detector] if threshold is None else threshold
+        settings = {"detector": detector, "threshold": used, "min_frames": min_frames}
         record = {"source": str(src.resolve()), "settings": settings, "clips": provenance, "problems": report.problems}
         (staging / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _swap_into_place(staging, dst)
@@ -670,9 +674,10 @@ def check_dataset(
             report.problems.append((name, f"unreadable or corrupt: {str(e).removeprefix(f'{path}: ')}"))
             continue
         if decoded < header.frames:
-            report.problems.append((name, f"truncated: decoded {decoded} of the {header.frames} frames its header states"))
+            report.problems.append((name, f"truncated: decoded {decoded} of the {header.frames} frames it states"))
         if decoded < need:
-            report.problems.append((name, f"too short: {decoded} frames, training needs {frames} x stride {stride} = {need}"))
+            message = f"too short: {decoded} frames, training needs {frames} x stride {stride} = {need}"
+            report.problems.append((name, message))
         report.infos.append(VideoInfo(path, decoded, header.fps, header.width, header.height))
     return report
 
@@ -859,7 +864,12 @@ def cache_latents(
                 name = f"clips/{i:06d}_{k:03d}.safetensors"
                 save_file({"latents": latents, "encoder_hidden_states": text}, str(staging / name))
                 entries.append(
-                    {"file": name, "path": str(clip.path), "caption": clip.caption, "frame_indices": frame_indices.tolist()}
+                    {
+                        "file": name,
+                        "path": str(clip.path),
+                        "caption": clip.caption,
+                        "frame_indices": frame_indices.tolist(),
+                    }
                 )
         # 3. the manifest, then the whole folder into place
         manifest = {

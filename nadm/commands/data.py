@@ -45,7 +45,9 @@ def data() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace DST's contents if DST is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def prepare(src: Path, dst: Path, detector: str, threshold: float | None, min_frames: int, overwrite: bool, quiet: bool) -> None:
+def prepare(
+    src: Path, dst: Path, detector: str, threshold: float | None, min_frames: int, overwrite: bool, quiet: bool
+) -> None:
     """Cut the videos under SRC at scene changes into single-scene clips in DST.
 
     Videos are read from SRC/videos if it exists, else from SRC (any nesting). Captions in SRC/captions.csv
