@@ -258,6 +258,21 @@ def test_warping_error_zero_for_translation_higher_for_flicker():
     assert metrics.flicker_score(flicker) > metrics.flicker_score(moving)
 
 
+@pytest.mark.parametrize("tile", ["tile_r0c1", "tile_r3c6"])
+def test_temporal_metrics_prefer_real_order_on_real_sky_footage(shared_data, tile):
+    from nadm.interpolate import get_flow
+    from nadm.io import read_video
+
+    folder = shared_data / "landscape_motion" / "mdgan_sky_timelapse" / tile
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not present")
+    frames = read_video(folder)[0][:12]
+    shuffled = frames[np.random.default_rng(0).permutation(len(frames))]
+    flow = get_flow("dis")
+    assert 3 * metrics.warping_error(frames, flow) < metrics.warping_error(shuffled, flow)
+    assert 2 * metrics.flicker_score(frames) < metrics.flicker_score(shuffled)
+
+
 def test_cut_clip_rule():
     video = np.arange(40, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
     assert metrics.cut_clip(video)[:, 0, 0, 0].tolist() == list(range(16))

@@ -282,9 +282,10 @@ must hold a "prompt".
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None, help="One prompt per line.")
 @_eval_options
 def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str | None, **kw: Any) -> None:
-    """Score folders of generated videos with the paper's metrics (Sec. IV-C2): FVD16, KVD16, CLIP-text,
-    CLIP-temp, IS, plus the flow warping error and flicker. Each folder holds one video per file
-    (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
+    """Score generated videos: FVD16, KVD16, CLIP-text, CLIP-temp, IS, warp, flicker.
+
+    The paper's metrics (Sec. IV-C2) plus two weight-free temporal ones. Each folder holds one video per
+    file (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
     from nadm.metrics import NEEDS_PROMPTS, VideoSet, evaluate_sets
 
     # 1. check every input before any network is loaded
@@ -374,8 +375,9 @@ resumes); any other existing file is an error unless --overwrite.
 def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: str, real_dir: str | None,
             base: str | None, num_frames: int, height: int, width: int, steps: int, guidance: float,
             interpolate: bool, fps: float, **kw: Any) -> None:
-    """Generate the same prompts and seeds with several motion checkpoints and score them into one table
-    (like the paper's Tables I-IV)."""
+    """Generate with several motion checkpoints and score them in one table.
+
+    Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
     from nadm.metrics import (
         C3D_WEIGHTS, I3D_WEIGHTS, NEEDS_REAL, VideoSet, check_request, evaluate_sets, resolve_weights,
     )
