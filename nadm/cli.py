@@ -50,7 +50,9 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes (NADMError) become one line on stderr and exit code 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="nadm", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of exiting: pass it on.
+        code = cli.main(args=argv, prog_name="nadm", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)

@@ -45,3 +45,10 @@ def test_info_bad_input_is_one_line(args, message):
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len([l for l in r.stderr.splitlines() if l.startswith("error:")]) == 1
+
+
+def test_unknown_command_and_exit_codes_pass_through():
+    r = nadm("no-such-command")
+    assert r.returncode == 2 and "No such command" in r.stderr
+    r = nadm("--help")
+    assert r.returncode == 0 and "info" in r.stdout
