@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import platform
-
 import click
 
 
 def _versions() -> dict[str, str]:
+    """The versions nadm records in every sidecar, plus the training/loading libraries and torchvision (RAFT)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("nadm", "torch", "diffusers", "transformers", "accelerate", "safetensors", "peft", "av",
-                 "opencv-python-headless", "numpy", "scipy", "torchvision"):
+    from nadm.io import environment_versions
+
+    out = {k: v or "not installed" for k, v in environment_versions().items()}
+    for name in ("accelerate", "safetensors", "peft", "torchvision"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
