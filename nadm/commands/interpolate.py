@@ -1,0 +1,86 @@
+"""`nadm interpolate`: double a video's frame count (paper Sec. III-E, SOFP) K times and write it with a sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nadm.errors import NADMError
+
+
+@click.command("interpolate")
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Output .mp4, .gif, .webp, or a path without extension for a folder of PNG frames.")
+@click.option("--method", type=click.Choice(["sofp", "flow_midpoint", "crossfade"]), default="sofp",
+              show_default=True, help="Interpolator: SOFP (the paper's), plain flow midpoint, or 50/50 cross-fade.")
+@click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default=None,
+              help="Optical flow backend for sofp/flow_midpoint  [default: dis].")
+@click.option("--times", "times_", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat the doubling K times: N frames -> 2^K (N - 1) + 1.")
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="sofp only: frame T for pair t is min(t + W, N - 1)  [default: the clip's last frame].")
+@click.option("--keep-fps", is_flag=True, help="Keep the input fps (slow motion) instead of doubling it per pass.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (and its .json sidecar) if it exists.")
+def interpolate(
+    input_path: Path,
+    output: Path,
+    method: str,
+    flow: str | None,
+    times_: int,
+    window: int | None,
+    keep_fps: bool,
+    overwrite: bool,
+) -> None:
+    """Insert frames between the frames of IN (a video, GIF, or folder of images) and write OUT."""
+    from nadm import interpolate as interp
+    from nadm.io import check_output_path, read_video, write_video
+
+    # 1. option consistency and the output path, before any expensive work
+    if method == "crossfade" and flow is not None:
+        raise NADMError("--flow does not apply to --method crossfade (it uses no optical flow)")
+    if window is not None and method != "sofp":
+        raise NADMError(f"--window only applies to --method sofp, not {method}")
+    out = check_output_path(output, overwrite)
+
+    # 2. read and check the input clip
+    frames, fps_in = read_video(input_path)
+    try:
+        frames = interp.check_clip(frames)
+    except ValueError as e:
+        raise NADMError(f"{input_path}: {e}") from e
+
+    # 3. interpolate
+    options: dict = {}
+    if method != "crossfade":
+        flow = flow or "dis"
+        options["flow"] = interp.get_flow(flow)  # raft: torchvision/weights problems surface here
+    if method == "sofp":
+        options["window"] = window
+    try:
+        result = interp.times(frames, times_, method=method, **options)
+    except ValueError as e:
+        raise NADMError(str(e)) from e
+
+    # 4. write with the settings in the sidecar
+    fps_out = fps_in if keep_fps else fps_in * 2**times_
+    settings = {
+        "command": "interpolate",
+        "method": method,
+        "flow": flow,
+        "times": times_,
+        "window": window,
+        "keep_fps": keep_fps,
+        "input": str(Path(input_path).resolve()),
+        "fps_in": fps_in,
+        "fps_out": fps_out,
+        "frames_in": int(len(frames)),
+        "frames_out": int(len(result)),
+    }
+    if method == "sofp":
+        settings["sofp"] = dict(interp.SOFP_DEFAULTS)
+    if flow == "dis":
+        settings["dis_preset"] = interp.DEFAULT_DIS_PRESET
+    write_video(result, out, fps_out, metadata={"interpolation": settings}, overwrite=overwrite)
+    click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {fps_out:g} fps ({method})")

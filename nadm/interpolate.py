@@ -1,0 +1,410 @@
+"""Frame interpolation (paper Sec. III-E): optical-flow backends, SOFP (Eq. 14) and two baselines.
+
+Layouts, stated once:
+- an image is `(H, W, 3) uint8` RGB; a clip is `(N, H, W, 3) uint8` with N >= 2 and H, W >= 16;
+- a flow is `(H, W, 2) float32` in pixels, `flow[y, x] = (dx, dy)`: pixel (x, y) of `a` moves to
+  (x + dx, y + dy) in `b`.
+
+Every flow backend is `flow(a, b) -> (H, W, 2)`; every interpolator is `frames (N,...) -> frames (2N-1,...)`,
+inserting one frame half-way between each pair of neighbours.
+
+How the middle frame is made (`_midframe`): for each output pixel x, the flow through x at t + 0.5 is found
+by a fixed-point iteration on the a->b flow (`u = F_ab(x - u/2)`, and likewise for b->a), both frames are
+backward-warped to t + 0.5 with cv2.remap, and the two warps are blended with weights from the
+forward-backward consistency of the flows (content of b that a does not see comes from b, and vice versa).
+
+SOFP (DESIGN.md section 3): `D_t = (V_{t->T} . V_{t->t+1}) / (|V_{t->t+1}|^2 + eps)` measures, per pixel and
+in units of the step's own motion, how far the motion keeps going the same way until frame T. The
+confidence `c = clip(D_t, 0, 1)` weighs the flow midpoint against a plain cross-fade, so motion that
+continues is interpolated along the flow and motion that stops or reverses (jitter, flicker) is damped
+toward the cross-fade. Found by benchmarks/interpolation.py (see README): D_t is trusted only where
+V_{t->T} is forward-backward consistent (elsewhere c = 1), the long flows are estimated at half resolution,
+and c is Gaussian-smoothed (`SOFP_DEFAULTS`). For the last pair T = t+1, D = 1: the plain flow midpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from nadm.errors import NADMError
+
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+MIN_SIZE = 16  # DIS needs >= 12 px; below 16 px a flow is meaningless anyway
+EPS = 1e-2  # px^2, keeps D_t finite where the step does not move
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+# Defaults chosen by benchmarks/interpolation.py (numbers in README.md, "interpolate" section).
+DEFAULT_DIS_PRESET = "medium"
+SOFP_DEFAULTS: dict[str, Any] = {"mode": "blend", "smooth": 6.0, "reliability": True}
+PROGRESS_MIN_PAIRS = 16  # show a tqdm bar from this many frame pairs on
+
+
+# --------------------------------------------------------------------------------------------- checking
+
+
+def _check_image_pair(a: np.ndarray, b: np.ndarray) -> None:
+    """Raise ValueError unless a and b are equal-shaped (H, W, 3) uint8 images of at least MIN_SIZE px."""
+    for name, img in (("a", a), ("b", b)):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            desc = f"{img.dtype} array of shape {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise ValueError(f"flow input {name} must be an (H, W, 3) uint8 image, got {desc}")
+    if a.shape != b.shape:
+        raise ValueError(f"flow inputs differ in shape: {a.shape} vs {b.shape}")
+    if min(a.shape[:2]) < MIN_SIZE:
+        raise ValueError(f"images must be at least {MIN_SIZE}x{MIN_SIZE} px, got {a.shape[1]}x{a.shape[0]}")
+
+
+def check_clip(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Validate a clip for interpolation and return it as one `(N, H, W, 3) uint8` array (Sec. III-E input)."""
+    if not isinstance(frames, np.ndarray):
+        frames = list(frames)
+        for i, f in enumerate(frames):
+            if not isinstance(f, np.ndarray):
+                raise ValueError(f"frame {i} is a {type(f).__name__}, not a numpy array")
+            if f.shape != frames[0].shape:
+                raise ValueError(f"frame {i} has shape {f.shape} but frame 0 has {frames[0].shape}: sizes must match")
+        if not frames:
+            raise ValueError("interpolation needs at least 2 frames, got 0")
+        frames = np.stack(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
+    n, h, w, _ = frames.shape
+    if n < 2:
+        raise ValueError(f"interpolation needs at least 2 frames, got {n}")
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f"frames must be at least {MIN_SIZE}x{MIN_SIZE} px, got {w}x{h}")
+    return np.ascontiguousarray(frames)
+
+
+# ----------------------------------------------------------------------------------------- flow backends
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 luma."""
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+
+@functools.lru_cache(maxsize=8)
+def _dis(preset: str) -> cv2.DISOpticalFlow:
+    """One OpenCV DIS object per preset (creating one costs more than a small flow)."""
+    return cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+
+def dis_flow(a: np.ndarray, b: np.ndarray, preset: str = DEFAULT_DIS_PRESET) -> np.ndarray:
+    """Optical flow a->b by OpenCV's DIS (the weight-free stand-in for RAFT in Sec. III-E)."""
+    _check_image_pair(a, b)
+    if preset not in DIS_PRESETS:
+        raise NADMError(f"unknown DIS preset '{preset}': use one of {', '.join(DIS_PRESETS)}")
+    return _dis(preset).calc(_gray(a), _gray(b), None)
+
+
+def farneback_flow(
+    a: np.ndarray, b: np.ndarray, levels: int = 4, winsize: int = 15, iterations: int = 3
+) -> np.ndarray:
+    """Optical flow a->b by OpenCV's Farneback polynomial expansion (Sec. III-E flow alternative)."""
+    _check_image_pair(a, b)
+    return cv2.calcOpticalFlowFarneback(
+        _gray(a), _gray(b), None, pyr_scale=0.5, levels=levels, winsize=winsize, iterations=iterations,
+        poly_n=5, poly_sigma=1.1, flags=0,
+    )
+
+
+class RaftFlow:
+    """Optical flow a->b by torchvision's RAFT (the estimator the paper uses, Sec. III-E), large or small."""
+
+    def __init__(self, size: str = "large", device: str | None = None, iters: int = 12) -> None:
+        if size not in ("large", "small"):
+            raise NADMError(f"unknown RAFT size '{size}': use 'large' or 'small'")
+        try:
+            import torch
+            from torchvision.models import optical_flow
+        except ImportError as e:  # torchvision is optional (it breaks diffusers on some CPU set-ups)
+            raise NADMError(
+                f"the raft flow backend needs torchvision, which is not importable here ({e}); "
+                "install torchvision or use --flow dis"
+            ) from e
+        weights = (optical_flow.Raft_Large_Weights if size == "large" else optical_flow.Raft_Small_Weights).DEFAULT
+        builder = optical_flow.raft_large if size == "large" else optical_flow.raft_small
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.model = builder(weights=weights, progress=False).eval().to(self.device)
+        except Exception as e:  # download/cache failures come as URLError, OSError, RuntimeError...
+            raise NADMError(
+                f"could not load torchvision's RAFT-{size} weights ({type(e).__name__}: {e}); "
+                "put them in the torch hub cache or use --flow dis"
+            ) from e
+        self.transforms = weights.transforms()
+        self.iters = iters
+        self._torch = torch
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """RAFT flow a->b: pad to a multiple of 8 by replication, run, crop back."""
+        _check_image_pair(a, b)
+        torch = self._torch
+        h, w = a.shape[:2]
+        ph, pw = (-h) % 8, (-w) % 8
+        # (H, W, 3) uint8 -> (1, 3, H + ph, W + pw) float in [-1, 1]
+        ta, tb = (
+            torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255.0) for img in (a, b)
+        )
+        ta, tb = (torch.nn.functional.pad(t, (0, pw, 0, ph), mode="replicate") for t in (ta, tb))
+        ta, tb = self.transforms(ta, tb)
+        with torch.inference_mode():
+            flows = self.model(ta.to(self.device), tb.to(self.device), num_flow_updates=self.iters)
+        # last refinement, (1, 2, H', W') -> (H, W, 2)
+        return flows[-1][0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
+
+
+FLOW_BACKENDS = ("dis", "farneback", "raft")
+
+
+def get_flow(name: str, **options: Any) -> FlowFn:
+    """A flow backend by name ('dis', 'farneback', 'raft') with its options bound (Sec. III-E)."""
+    if name == "dis":
+        return functools.partial(dis_flow, **options)
+    if name == "farneback":
+        return functools.partial(farneback_flow, **options)
+    if name == "raft":
+        return RaftFlow(**options)
+    raise NADMError(f"unknown flow backend '{name}': use one of {', '.join(FLOW_BACKENDS)}")
+
+
+def _resolve_flow(flow: str | FlowFn) -> FlowFn:
+    """A backend name or an already-built flow callable."""
+    return get_flow(flow) if isinstance(flow, str) else flow
+
+
+# -------------------------------------------------------------------------------------------- warping
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> np.ndarray:
+    """(H, W, 2) float32 pixel coordinates (x, y)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([xs, ys], axis=-1)
+
+
+def _sample(img: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """img sampled at x + offset(x) (bilinear, edges replicated); img (H, W[, C]), offset (H, W, 2)."""
+    h, w = offset.shape[:2]
+    return cv2.remap(img, _grid(h, w) + offset, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _mid_flow(f: np.ndarray, scale: np.ndarray | None, iters: int = 2) -> np.ndarray:
+    """Flow u through each pixel at half-time: fixed point of u(x) = s(x) f(x - u(x)/2), s the scale map."""
+    u = f if scale is None else f * scale[..., None]
+    for _ in range(iters):
+        u = _sample(f, -0.5 * u)
+        if scale is not None:
+            u = u * scale[..., None]
+    return u
+
+
+def _consistency(fab: np.ndarray, fba: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1]: 1 where a->b then b->a returns to the start (visible in both), ~0 where occluded."""
+    back = _sample(fba, fab)  # fba at the pixel fab lands on
+    err = np.sum((fab + back) ** 2, axis=-1)
+    tol = 0.01 * (np.sum(fab**2, axis=-1) + np.sum(back**2, axis=-1)) + 0.5
+    return np.exp(-np.maximum(err - tol, 0.0) / tol)
+
+
+def _midframe(
+    a: np.ndarray,
+    b: np.ndarray,
+    fab: np.ndarray,
+    fba: np.ndarray,
+    scale: np.ndarray | None = None,
+    occlusion: bool = True,
+) -> np.ndarray:
+    """The frame at t + 0.5 from a, b and both flows; scale (H, W) in [0, 1] shrinks the motion (0 = blend)."""
+    # 1. flow through every half-time pixel, toward b and toward a
+    u = _mid_flow(fab, scale)
+    v = _mid_flow(fba, scale)
+    # 2. backward warps: a seen from x - u/2, b from x - v/2
+    wa = _sample(a, -0.5 * u).astype(np.float32)
+    wb = _sample(b, -0.5 * v).astype(np.float32)
+    if not occlusion:
+        return np.clip(np.rint((wa + wb) / 2), 0, 255).astype(np.uint8)
+    # 3. occlusion-aware weights: a pixel of a that b does not see back lets b speak there, and vice versa
+    ca = _sample(_consistency(fab, fba), -0.5 * u)
+    cb = _sample(_consistency(fba, fab), -0.5 * v)
+    ka, kb = 0.05 + cb, 0.05 + ca
+    out = (ka[..., None] * wa + kb[..., None] * wb) / (ka + kb)[..., None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# -------------------------------------------------------------------------------------------- SOFP
+
+
+def sofp_confidence(f_next: np.ndarray, f_last: np.ndarray) -> np.ndarray:
+    """Eq. 14 as a confidence: clip((V_{t->T} . V_{t->t+1}) / (|V_{t->t+1}|^2 + eps), 0, 1), (H, W) float32."""
+    d = np.sum(f_last * f_next, axis=-1) / (np.sum(f_next * f_next, axis=-1) + EPS)
+    return np.clip(d, 0.0, 1.0).astype(np.float32)
+
+
+def _coarse_flow(fn: FlowFn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Flow a->b at half resolution, upsampled (only feeds the smoothed SOFP confidence; 4x cheaper)."""
+    h, w = a.shape[:2]
+    if min(h, w) < 2 * MIN_SIZE:
+        return fn(a, b)
+    half = (w // 2, h // 2)
+    small = fn(*(cv2.resize(x, half, interpolation=cv2.INTER_AREA) for x in (a, b)))
+    scale = np.float32([w / half[0], h / half[1]])  # (dx, dy) back to full-resolution pixels
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * scale
+
+
+def sofp_pair_confidence(
+    fn: FlowFn, a: np.ndarray, last: np.ndarray, f_next: np.ndarray, smooth: float, reliability: bool
+) -> np.ndarray:
+    """Per-pixel SOFP confidence for the pair (a, b) given frame T (Sec. III-E Eq. 14), (H, W) float32.
+
+    D_t's confidence is trusted only where V_{t->T} is reliable (forward-backward consistent with V_{T->t});
+    elsewhere the long flow says nothing and c = 1 (plain flow midpoint). Then Gaussian-smoothed.
+    """
+    f_last = _coarse_flow(fn, a, last)
+    c = sofp_confidence(f_next, f_last)
+    if reliability:
+        r = _consistency(f_last, _coarse_flow(fn, last, a))
+        c = r * c + (1.0 - r)
+    if smooth > 0:
+        c = cv2.GaussianBlur(c, (0, 0), smooth)
+    return c
+
+
+# ---------------------------------------------------------------------------------------- interpolators
+
+
+def _interleave(frames: np.ndarray, mids: list[np.ndarray]) -> np.ndarray:
+    """(N, H, W, 3) keys + N-1 middles -> (2N-1, H, W, 3): key, mid, key, ..., key."""
+    n, h, w, c = frames.shape
+    out = np.empty((2 * n - 1, h, w, c), np.uint8)
+    out[0::2] = frames
+    out[1::2] = np.stack(mids)
+    return out
+
+
+def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
+    """A tqdm bar over frame pairs, shown by default only for long clips."""
+    # None lets tqdm hide the bar when stderr is not a terminal
+    disable = (True if total < PROGRESS_MIN_PAIRS else None) if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="pair", disable=disable, leave=False)
+
+
+def crossfade(frames: np.ndarray, progress: bool | None = None) -> np.ndarray:
+    """Baseline for Sec. III-E: each inserted frame is the 50/50 blend of its neighbours."""
+    frames = check_clip(frames)
+    f = frames.astype(np.uint16)
+    mids = list(((f[:-1] + f[1:] + 1) // 2).astype(np.uint8))
+    return _interleave(frames, mids)
+
+
+def flow_midpoint(
+    frames: np.ndarray, flow: str | FlowFn = "dis", occlusion: bool = True, progress: bool | None = None
+) -> np.ndarray:
+    """Baseline for Sec. III-E: bidirectional-flow midpoint with forward-backward occlusion weights."""
+    frames = check_clip(frames)
+    fn = _resolve_flow(flow)
+    mids = []
+    with _progress(len(frames) - 1, progress, "flow midpoint") as bar:
+        for a, b in zip(frames[:-1], frames[1:]):
+            mids.append(_midframe(a, b, fn(a, b), fn(b, a), occlusion=occlusion))
+            bar.update()
+    return _interleave(frames, mids)
+
+
+def sofp(
+    frames: np.ndarray,
+    flow: str | FlowFn = "dis",
+    window: int | None = None,
+    mode: str = SOFP_DEFAULTS["mode"],
+    smooth: float = SOFP_DEFAULTS["smooth"],
+    reliability: bool = SOFP_DEFAULTS["reliability"],
+    occlusion: bool = True,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """SOFP, paper Sec. III-E Eq. 14: flow midpoints damped toward a cross-fade where motion does not continue.
+
+    window: T = min(t + window, N - 1) (None: the clip's last frame). mode 'blend' mixes the flow midpoint
+    and the cross-fade with weight c; 'scale' multiplies the warping flow by c. smooth: Gaussian sigma (px)
+    of c (0: none). reliability: trust D_t only where V_{t->T} is forward-backward consistent.
+    occlusion: forward-backward consistency weights when blending the two warps.
+    """
+    # 1. check inputs and options
+    frames = check_clip(frames)
+    n = len(frames)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"window must be a positive integer or None, got {window!r}")
+    if mode not in ("scale", "blend"):
+        raise ValueError(f"unknown SOFP mode '{mode}': use 'scale' or 'blend'")
+    fn = _resolve_flow(flow)
+    mids = []
+    with _progress(n - 1, progress, "SOFP") as bar:
+        for t in range(n - 1):
+            a, b = frames[t], frames[t + 1]
+            big_t = n - 1 if window is None else min(t + window, n - 1)
+            # 2. flows to the next frame and back
+            f_next, f_back = fn(a, b), fn(b, a)
+            # 3. Eq. 14 -> confidence c (the last pair, T = t + 1, has D = 1: the plain flow midpoint)
+            c = None if big_t == t + 1 else sofp_pair_confidence(fn, a, frames[big_t], f_next, smooth, reliability)
+            # 4. the middle frame, damped toward the cross-fade where c < 1
+            if c is None:
+                mid = _midframe(a, b, f_next, f_back, occlusion=occlusion)
+            elif mode == "scale":
+                mid = _midframe(a, b, f_next, f_back, scale=c, occlusion=occlusion)
+            else:
+                warped = _midframe(a, b, f_next, f_back, occlusion=occlusion).astype(np.float32)
+                fade = (a.astype(np.float32) + b.astype(np.float32)) / 2
+                mid = np.clip(np.rint(c[..., None] * warped + (1 - c[..., None]) * fade), 0, 255).astype(np.uint8)
+            mids.append(mid)
+            bar.update()
+    return _interleave(frames, mids)
+
+
+METHODS: dict[str, Callable[..., np.ndarray]] = {"sofp": sofp, "flow_midpoint": flow_midpoint, "crossfade": crossfade}
+
+
+def times(frames: np.ndarray, k: int, method: str | Callable[..., np.ndarray] = "sofp", **options: Any) -> np.ndarray:
+    """Repeat a Sec. III-E doubling k times: N frames -> 2^k (N - 1) + 1 (a window doubles with the clip)."""
+    if not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"times must be a non-negative integer, got {k!r}")
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise NADMError(f"unknown interpolation method '{method}': use one of {', '.join(METHODS)}")
+        method = METHODS[method]
+    out = check_clip(frames)
+    options = dict(options)
+    if isinstance(options.get("flow"), str):
+        options["flow"] = get_flow(options["flow"])  # build once (RAFT loads its weights)
+    for _ in range(k):
+        out = method(out, **options)
+        if options.get("window") is not None:
+            options["window"] *= 2  # the same time span in the doubled clip
+    return out
+
+
+__all__ = [
+    "DIS_PRESETS",
+    "FLOW_BACKENDS",
+    "METHODS",
+    "RaftFlow",
+    "check_clip",
+    "crossfade",
+    "dis_flow",
+    "farneback_flow",
+    "flow_midpoint",
+    "get_flow",
+    "sofp",
+    "sofp_confidence",
+    "times",
+]
