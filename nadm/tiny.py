@@ -125,3 +125,21 @@ def tiny_unet(seed: int = 0):
 def tiny_motion_config(**changes) -> NADMConfig:
     """TINY_MOTION with some fields changed (e.g. attention types for the ablations)."""
     return replace(TINY_MOTION, **changes)
+
+
+def build_tiny_motion(path: str | Path, config: NADMConfig = TINY_MOTION, seed: int = 0, overwrite: bool = False) -> Path:
+    """Save a tiny NADM checkpoint folder for TINY_UNET with random, non-zero motion weights (as after training).
+
+    A fresh module's zero output projections would leave SD's per-frame output unchanged; random weights make the
+    motion path (versatile + sparse-causal attention, Sec. III-D1) actually change what is generated.
+    """
+    from nadm.checkpoint import save_checkpoint
+    from nadm.motion import build_video_unet, motion_state_dict
+
+    motion = motion_state_dict(build_video_unet(tiny_unet(seed), config))
+    g = torch.Generator().manual_seed(seed)
+    for key, value in motion.items():
+        # linear weights and all biases random; norm scales and the sinusoidal position table (pos_embed.pe) kept
+        if ".pos_embed." not in key and (value.ndim == 2 or key.endswith(".bias")):
+            motion[key] = torch.randn(value.shape, generator=g) * 0.05
+    return save_checkpoint(path, config, motion, overwrite=overwrite)

@@ -1,0 +1,252 @@
+"""`nadm generate` (text -> video file, Alg. 1 inference, Sec. IV-A2) and `nadm selftest` (the offline smoke test)."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import string
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from nadm.base import DEFAULT_BASE, LoraSpec, base_kind, check_base_config
+from nadm.errors import NADMError
+from nadm.pipeline import BASE_FPS, DEFAULT_MOTION, SCHEDULERS, check_request
+
+DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]
+PATTERN_FIELDS = ("i", "slug")  # placeholders an --prompts output pattern may use
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a UTF-8 text file: one a line; blank lines and lines starting with '#' are skipped."""
+    if not path.is_file():
+        raise NADMError(f"prompts file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise NADMError(f"cannot read the prompts file {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise NADMError(f"no prompts in {path} (one prompt a line; '#' starts a comment line)")
+    return prompts
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe short form of a prompt: lowercase ASCII words joined by '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
+
+
+def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
+    """One output path per prompt from a pattern with {i} (1-based index, e.g. {i:03d}) and/or {slug}."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    except ValueError as e:
+        raise NADMError(f"bad output pattern {pattern!r}: {e}") from None
+    if not fields:
+        raise NADMError(f"with --prompts, -o must be a pattern with {{i}} or {{slug}}, e.g. clips/{{i:03d}}.mp4; got {pattern!r}")
+    unknown = sorted(fields - set(PATTERN_FIELDS))
+    if unknown:
+        raise NADMError(f"unknown placeholder {{{unknown[0]}}} in {pattern!r}: use {{i}} (prompt number) or {{slug}}")
+    try:
+        paths = [Path(pattern.format(i=i, slug=slug(p))) for i, p in enumerate(prompts, start=1)]
+    except (ValueError, IndexError, KeyError) as e:
+        raise NADMError(f"bad output pattern {pattern!r}: {e}") from None
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(paths, start=1):
+        if path in seen:
+            raise NADMError(f"the pattern {pattern!r} gives {path} for prompts {seen[path]} and {i}: add {{i}}")
+        seen[path] = i
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- generate
+
+
+@click.command()
+@click.argument("prompt", required=False)
+@click.option("-o", "--output", required=True, metavar="OUT",
+              help="Video file (.mp4, .gif, .webp) or, without an extension, a folder of PNG frames. With --prompts: "
+                   "a pattern with {i} (prompt number, e.g. {i:03d}) and/or {slug}, e.g. clips/{i:03d}.mp4.")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Generate one clip per line of FILE (blank and '#' lines skipped) instead of PROMPT.")
+@click.option("--negative", default="", help="Negative prompt (the unconditional branch of guidance).")
+@click.option("--frames", type=int, default=16, show_default=True, help="Frames to generate, N (2N-1 after interpolation).")
+@click.option("--height", type=int, default=512, show_default=True, help="Height in pixels, a multiple of 8.")
+@click.option("--width", type=int, default=512, show_default=True, help="Width in pixels, a multiple of 8.")
+@click.option("--steps", type=int, default=25, show_default=True, help="Sampling steps (paper: 25).")
+@click.option("--guidance", type=float, default=8.0, show_default=True, help="Classifier-free guidance scale (paper: 8; 1 = off).")
+@click.option("--seed", type=int, help="Random seed; drawn at random (and recorded in the sidecar) when not given.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True, help="Sampler (paper: ddim).")
+@click.option("--base", default=DEFAULT_BASE, show_default=True,
+              help="Stable Diffusion 1.5: hub id, local diffusers folder, or single-file .safetensors/.ckpt.")
+@click.option("--base-config", metavar="DIR",
+              help="For a single-file --base: a diffusers folder (or hub id) with the same architecture's configs.")
+@click.option("--motion", help=f"NADM checkpoint folder or AnimateDiff motion weights [default: {DEFAULT_MOTION}, the baseline].")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="LoRA fused into the base (repeatable; scale 1 by default).")
+@click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1 frames.")
+@click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
+              help="Optical flow for interpolation (raft needs torchvision).")
+@click.option("--fps", type=float, help=f"Playback rate [default: {BASE_FPS:g} x output frames / generated frames, keeping the duration].")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+              help="auto: float16 on CUDA, float32 on MPS/CPU.")
+@click.option("--vae-slicing", is_flag=True, help="Decode one frame at a time (least VAE memory).")
+@click.option("--vae-tiling", is_flag=True, help="Decode each frame in tiles (for sizes above 512 px).")
+@click.option("--cpu-offload", is_flag=True, help="Keep weights on the CPU; move each model to the device only for its stage.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
+             base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
+             overwrite, quiet) -> None:  # fmt: skip
+    """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
+    from nadm.io import check_output_path
+
+    # 1. everything that can be checked without loading a model
+    if (prompt is None) == (prompts_file is None):
+        raise NADMError("give a PROMPT or --prompts FILE (one of the two)")
+    prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
+    if not all(p.strip() for p in prompts):
+        raise NADMError("the prompt is empty")
+    check_request(frames, height, width, steps, guidance, seed, interpolate)
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise NADMError(f"--fps must be a positive number, got {fps}")
+    lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
+    base_kind(base)
+    check_base_config(base_config)
+    # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
+    paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
+    paths = [check_output_path(path, overwrite) for path in paths]
+
+    # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
+    from nadm.checkpoint import load_motion_source
+    from nadm.pipeline import NADMPipeline, _note, save_result
+
+    if motion is None:
+        _note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+    weights = load_motion_source(motion or DEFAULT_MOTION)
+    check_request(frames, height, width, steps, guidance, seed, interpolate, weights.config.motion_max_seq_length)
+    pipe = NADMPipeline.from_pretrained(
+        base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
+        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, progress=not quiet,
+    )  # fmt: skip
+
+    # 4. generate and write each clip
+    for text, path in zip(prompts, paths):
+        start = time.perf_counter()
+        result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
+                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow)  # fmt: skip
+        rate = fps or result.fps
+        written = save_result(result, path, fps=rate, overwrite=overwrite)
+        click.echo(
+            f"wrote {written}: {len(result.frames)} frames ({len(result.keyframes)} generated), {width}x{height}, "
+            f"{rate:g} fps, seed {result.settings['seed']}, {time.perf_counter() - start:.1f} s"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- selftest
+
+SELFTEST_PROMPT = "a misty Chinese ink landscape, mountains and a river, clouds drifting"
+SELFTEST_FRAMES, SELFTEST_SIZE = 16, 64
+
+
+class _Stages:
+    """Runs named stages, timing each and printing one line per stage; remembers the stage that failed."""
+
+    def __init__(self):
+        self.current = ""
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.current = name
+        start = time.perf_counter()
+        info: list[str] = []
+        yield info
+        click.echo(f"  {name:<40s} {time.perf_counter() - start:7.2f} s   {' '.join(info)}")
+
+
+@click.command()
+@click.option("--keep", type=click.Path(path_type=Path), metavar="DIR",
+              help="Keep the models and video in DIR: DIR/base and DIR/motion work as --base and --motion.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True)
+def selftest(keep: Path | None, device: str, dtype: str) -> None:
+    """Generate a short video offline with tiny random models, end to end, and time each stage."""
+    if keep is not None:
+        clash = [keep / name for name in ("base", "motion", "selftest.mp4") if (keep / name).exists()]
+        if clash:
+            raise NADMError(f"{clash[0]} already exists: give --keep an empty or new folder")
+        keep.mkdir(parents=True, exist_ok=True)
+    work = keep if keep is not None else Path(tempfile.mkdtemp(prefix="nadm-selftest-"))
+    stage = _Stages()
+    start = time.perf_counter()
+    try:
+        _run_selftest(work, device, dtype, stage)
+    except NADMError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the selftest reports any failure, with its traceback, and exits 1
+        traceback.print_exc()
+        click.echo(f"selftest FAILED during '{stage.current}': {e.__class__.__name__}: {e}", err=True)
+        sys.exit(1)
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    click.echo(f"selftest passed in {time.perf_counter() - start:.1f} s")
+    if keep is not None:
+        click.echo(f"kept: {keep / 'base'} (use as --base), {keep / 'motion'} (--motion), {keep / 'selftest.mp4'}")
+
+
+def _run_selftest(work: Path, device: str, dtype: str, stage: _Stages) -> None:
+    """The selftest's stages; any failed check raises."""
+    import numpy as np
+
+    from nadm.io import read_video
+    from nadm.motion import motion_attention_types
+    from nadm.pipeline import NADMPipeline, save_result
+    from nadm.tiny import build_tiny_base, build_tiny_motion
+
+    n, size = SELFTEST_FRAMES, SELFTEST_SIZE
+    click.echo("nadm selftest: tiny random Stable Diffusion + NADM motion module, offline")
+    with stage("build tiny base (diffusers folder)") as info:
+        build_tiny_base(work / "base")
+        info.append(str(work / "base"))
+    with stage("build tiny NADM checkpoint") as info:
+        build_tiny_motion(work / "motion")
+        info.append(str(work / "motion"))
+    with stage("load pipeline") as info:
+        pipe = NADMPipeline.from_pretrained(work / "base", motion=work / "motion", device=device, dtype=dtype, progress=False)
+        kinds = set(motion_attention_types(pipe.video_unet).values())
+        if kinds != {"versatile", "sparse_causal"}:
+            raise AssertionError(f"motion attention types are {sorted(kinds)}, expected versatile + sparse_causal")
+        info.append(f"{pipe.device} {str(pipe.dtype).removeprefix('torch.')}, versatile + sparse-causal attention")
+    with stage(f"generate {n} frames {size}x{size}, DDIM 25 steps") as info:
+        result = pipe(SELFTEST_PROMPT, num_frames=n, height=size, width=size, seed=0)
+        info.append(", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+        if result.frames.shape != (2 * n - 1, size, size, 3) or result.frames.dtype != np.uint8:
+            raise AssertionError(f"got frames {result.frames.shape} {result.frames.dtype}, expected ({2 * n - 1}, {size}, {size}, 3) uint8")
+        if not np.array_equal(result.frames[::2], result.keyframes) or result.keyframes.std() < 1:
+            raise AssertionError("interpolation changed the generated frames, or the frames are blank")
+    with stage("write mp4") as info:
+        path = save_result(result, work / "selftest.mp4")
+        info.append(f"{path} ({path.stat().st_size} bytes)")
+    with stage("read back") as info:
+        frames, fps = read_video(path)
+        if frames.shape != result.frames.shape or fps != result.fps:
+            raise AssertionError(f"read back {frames.shape} at {fps} fps, wrote {result.frames.shape} at {result.fps} fps")
+        error = np.abs(frames.astype(np.int16) - result.frames).mean()
+        if error > 20:
+            raise AssertionError(f"decoded video differs from the frames by {error:.1f} levels on average")
+        info.append(f"{len(frames)} frames at {fps:g} fps, mean H.264 error {error:.1f}/255")
+    with stage("same seed again") as info:
+        again = pipe(SELFTEST_PROMPT, num_frames=n, height=size, width=size, seed=0, interpolate=False)
+        if not np.array_equal(again.keyframes, result.keyframes):
+            raise AssertionError("the same seed gave different frames")
+        info.append("identical frames")

@@ -1,0 +1,452 @@
+"""Text -> landscape-painting video (Alg. 1 inference, Sec. IV-A2): classifier-free-guided DDIM denoising with the
+NADM video UNet, VAE decoding in frame chunks, then SOFP interpolation from N to 2N-1 frames (Sec. III-E).
+
+Layouts, stated once:
+- latents `(batch, 4, frames, height/8, width/8)`; inside the guided UNet pass batch 2 = [negative, prompt];
+- text embeddings `(batch, 77, dim)` from the CLIP text encoder;
+- frames `(N, H, W, 3) uint8` RGB, `(2N-1, H, W, 3)` after interpolation.
+
+    pipe = NADMPipeline.from_pretrained(motion="path/to/nadm-checkpoint")
+    video = pipe("a misty ink landscape, clouds drifting over mountains", seed=1)
+    video.frames, video.settings
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from nadm.base import DEFAULT_BASE, LoraSpec, load_base
+from nadm.errors import NADMError
+
+DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
+SCHEDULERS = ("ddim", "dpm++", "euler")
+# The paper's noise schedule (Sec. IV-A1, as AnimateDiff): linear betas 0.00085-0.012 over 1000 steps, epsilon
+# prediction, "leading" timesteps shifted by steps_offset=1. Built here, never read from a base folder.
+PAPER_SCHEDULE: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="linear",
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+    steps_offset=1,
+)
+BASE_FPS = 8.0  # playback rate of the generated (non-interpolated) frames
+DEFAULT_DECODE_CHUNK = 4  # frames per VAE decode call
+DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}  # fmt: skip
+SEED_LIMIT = 2**63
+
+
+class InvalidRequest(NADMError, ValueError):
+    """A bad generation argument: a ValueError to Python callers, a one-line error (exit 2) on the command line."""
+
+
+@dataclass
+class VideoResult:
+    """One generated clip (Alg. 1 output) and how it was made."""
+
+    frames: np.ndarray  # (N or 2N-1, H, W, 3) uint8: the video
+    keyframes: np.ndarray  # (N, H, W, 3) uint8: the denoised frames before interpolation
+    settings: dict[str, Any]  # everything needed to reproduce it (JSON-ready)
+    timings: dict[str, float]  # seconds per stage: encode, denoise, decode[, interpolate]
+
+    @property
+    def fps(self) -> float:
+        """The default playback rate: the clip lasts as long as N frames at BASE_FPS (see `default_fps`)."""
+        return default_fps(len(self.keyframes), len(self.frames))
+
+
+def default_fps(keyframes: int, frames: int, base: float = BASE_FPS) -> float:
+    """fps that keeps the clip's duration `keyframes / base` seconds for `frames` output frames (31 of 16 -> 15.5)."""
+    return base * frames / keyframes
+
+
+def make_scheduler(name: str = "ddim"):
+    """A sampler on the paper's noise schedule (Sec. IV-A2): DDIM (clip_sample off), DPM-Solver++ (2nd order) or Euler."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    if name == "ddim":  # set_alpha_to_one=True is DDIMScheduler's default, left unset by AnimateDiff's config
+        return DDIMScheduler(**PAPER_SCHEDULE, clip_sample=False, set_alpha_to_one=True)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**PAPER_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "euler":
+        return EulerDiscreteScheduler(**PAPER_SCHEDULE)
+    raise InvalidRequest(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
+
+
+def resolve_device(device: str | None = None):
+    """`None`/'auto': CUDA, else MPS, else CPU; an explicit device must exist on this machine."""
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidRequest(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InvalidRequest(f"device {device!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidRequest("device 'mps' is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidRequest(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def resolve_dtype(dtype, device):
+    """`None`/'auto': float16 on CUDA, float32 on MPS and CPU; else float32, float16 or bfloat16 (or fp32/fp16/bf16)."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = DTYPE_NAMES.get(str(dtype).lower(), "")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise InvalidRequest(f"unsupported dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InvalidRequest("this GPU does not support bfloat16: use float16")
+    return getattr(torch, name)
+
+
+def check_request(
+    num_frames: int,
+    height: int,
+    width: int,
+    steps: int = 25,
+    guidance: float = 8.0,
+    seed: int | None = None,
+    interpolate: bool = True,
+    max_frames: int | None = None,
+) -> None:
+    """Refuse a request the sampler cannot honour, naming the bad value (InvalidRequest)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, (int, np.integer)) or value <= 0 or value % 8:
+            raise InvalidRequest(f"{name} must be a positive multiple of 8 (the VAE downsamples by 8), got {value}")
+        if interpolate and value < 16:
+            raise InvalidRequest(f"{name} must be at least 16 for interpolation (optical flow), got {value}")
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 2:
+        raise InvalidRequest(f"frames must be at least 2, got {num_frames}")
+    if max_frames is not None and num_frames > max_frames:
+        raise InvalidRequest(
+            f"frames must be at most {max_frames}, the motion module's position-encoding length, got {num_frames}"
+        )
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InvalidRequest(f"steps must be a positive integer, got {steps}")
+    if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 1:
+        raise InvalidRequest(f"guidance must be a finite number >= 1 (1 turns classifier-free guidance off), got {guidance}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT):
+        raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {seed}")
+
+
+def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
+    """A LoraSpec from a LoraSpec, a 'FILE[:SCALE]' string or a (path, scale) pair."""
+    if isinstance(item, LoraSpec):
+        return item
+    if isinstance(item, tuple):
+        spec = LoraSpec.parse(str(item[0]))
+        return LoraSpec(spec.path, float(item[1]))
+    return LoraSpec.parse(str(item))
+
+
+def _note(message: str) -> None:
+    """A remark for the user on stderr (stdout stays for results)."""
+    print(f"nadm: {message}", file=sys.stderr, flush=True)
+
+
+class _Clock:
+    """Wall-clock stage timer; waits for the accelerator so a stage is charged its own work."""
+
+    def __init__(self, device):
+        self.device = device
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+class NADMPipeline:
+    """NADM inference (Alg. 1): frozen SD 1.5 text encoder and VAE, the video UNet with motion modules, a sampler."""
+
+    def __init__(
+        self,
+        video_unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        motion_config,
+        scheduler: str = "ddim",
+        device=None,
+        dtype=None,
+        sources: dict[str, Any] | None = None,
+        cpu_offload: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        decode_chunk: int = DEFAULT_DECODE_CHUNK,
+        progress: bool = True,
+    ):
+        import torch
+
+        if scheduler not in SCHEDULERS:
+            raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        if not isinstance(decode_chunk, int) or decode_chunk < 1:
+            raise InvalidRequest(f"decode_chunk must be a positive integer, got {decode_chunk}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.video_unet, self.vae, self.text_encoder, self.tokenizer = video_unet, vae, text_encoder, tokenizer
+        self.motion_config = motion_config
+        self.scheduler = scheduler
+        self.sources = dict(sources or {})
+        self.cpu_offload, self.vae_slicing, self.vae_tiling = cpu_offload, vae_slicing, vae_tiling
+        self.decode_chunk = 1 if vae_slicing else decode_chunk
+        self.progress = progress
+        # weights stay on the CPU between stages with offload, else live on the device
+        home = torch.device("cpu") if cpu_offload else self.device
+        for module in (video_unet, vae, text_encoder):
+            module.requires_grad_(False).eval()
+            if module.dtype != self.dtype:
+                module.to(dtype=self.dtype)
+            module.to(home)
+        if vae_tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+        self.max_frames = int(video_unet.config.motion_max_seq_length)
+        self.latent_channels = int(video_unet.config.in_channels)
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str = DEFAULT_BASE,
+        motion=None,
+        loras: Iterable[LoraSpec | str | tuple] = (),
+        device=None,
+        dtype=None,
+        scheduler: str = "ddim",
+        base_config: str | None = None,
+        cpu_offload: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        decode_chunk: int = DEFAULT_DECODE_CHUNK,
+        progress: bool = True,
+    ) -> "NADMPipeline":
+        """Load SD 1.5 (+ LoRAs) and motion weights and build the NADM video UNet (Sec. III-D1, IV-A2).
+
+        motion: an NADM checkpoint folder, AnimateDiff weights (hub id, MotionAdapter folder, original file), a
+        loaded `MotionWeights`, or None for AnimateDiff's v1-5-2 adapter as the baseline (said on stderr).
+        """
+        from nadm.checkpoint import MotionWeights, load_motion_source
+        from nadm.motion import build_video_unet
+
+        # 1. options that need nothing loaded
+        if scheduler not in SCHEDULERS:
+            raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        loras = tuple(_as_lora(item) for item in loras)
+        # 2. motion weights (small; they fix the frame limit)
+        if motion is None:
+            _note(f"no motion weights given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+            motion = DEFAULT_MOTION
+        weights = motion if isinstance(motion, MotionWeights) else load_motion_source(str(motion))
+        # 3. the frozen base, LoRAs fused, in the sampling dtype
+        base_model = load_base(str(base), config=base_config, loras=loras, dtype=torch_dtype)
+        # 4. the video UNet: every image layer of the base UNet followed by a motion module
+        try:
+            video_unet = build_video_unet(base_model.unet, weights.config, weights.motion)
+        except ValueError as e:
+            raise NADMError(f"the motion weights {weights.source} do not fit the base {base}: {e}") from None
+        base_model.unet = None  # the video UNet holds its own copy of these weights
+        sources = {
+            "base": base_model.describe(),
+            "motion": {"source": weights.source, "format": weights.source_format, "kind": weights.config.kind},
+        }
+        return cls(
+            video_unet, base_model.vae, base_model.text_encoder, base_model.tokenizer, weights.config,
+            scheduler=scheduler, device=dev, dtype=torch_dtype, sources=sources, cpu_offload=cpu_offload,
+            vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, progress=progress,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    @contextmanager
+    def _on_device(self, module):
+        """With CPU offload, hold `module` on the accelerator only while its stage runs."""
+        if not self.cpu_offload:
+            yield
+            return
+        import torch
+
+        module.to(self.device)
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def encode_prompt(self, texts: list[str]):
+        """CLIP text embeddings `(len(texts), 77, dim)`, tau_theta(y) of Alg. 1 (prompts longer than 77 tokens are cut)."""
+        tok = self.tokenizer
+        limit = tok.model_max_length
+        for text in texts:
+            if len(tok(text, truncation=False).input_ids) > limit:
+                _note(f"prompt cut to the text encoder's {limit} tokens: {text[:60]!r}...")
+        ids = tok(texts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+        with self._on_device(self.text_encoder):
+            return self.text_encoder(ids.to(self.device)).last_hidden_state
+
+    def decode_latents(self, latents, progress: bool = False) -> np.ndarray:
+        """z_0 `(1, 4, f, h, w)` -> frames `(f, H, W, 3) uint8`, decoding `decode_chunk` frames per VAE call."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if latents.ndim != 5 or latents.shape[0] != 1:
+            raise ValueError(f"latents must be (1, channels, frames, height, width), got {tuple(latents.shape)}")
+        z = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor  # (f, 4, h, w): frames as the VAE batch
+        chunks = []
+        with self._on_device(self.vae):
+            for i in tqdm(range(0, len(z), self.decode_chunk), desc="decoding", disable=not progress, leave=False):
+                images = self.vae.decode(z[i : i + self.decode_chunk].to(self.device, self.dtype)).sample  # (k, 3, H, W)
+                images = ((images.float() + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8)
+                chunks.append(images.permute(0, 2, 3, 1).cpu().numpy())  # (k, H, W, 3)
+        return np.concatenate(chunks)
+
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_frames: int = 16,
+        height: int = 512,
+        width: int = 512,
+        steps: int = 25,
+        guidance: float = 8.0,
+        seed: int | None = None,
+        interpolate: bool = True,
+        flow: str = "dis",
+        eta: float = 0.0,
+        progress: bool | None = None,
+    ) -> VideoResult:
+        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from nadm.config import to_dict
+        from nadm.io import environment_versions
+        from nadm.motion import predict_noise
+
+        # 1. check the request; draw a seed when none is given (it is recorded either way)
+        check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("the prompt must be a non-empty string")
+        if eta != 0.0 and self.scheduler != "ddim":
+            raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
+        seed_drawn = seed is None
+        seed = secrets.randbelow(2**32) if seed is None else int(seed)
+        show = self.progress if progress is None else progress
+        clock, timings = _Clock(self.device), {}
+        cfg = guidance > 1  # classifier-free guidance needs the unconditional branch
+
+        with torch.inference_mode():
+            # 2. text embeddings (b, 77, dim): b = 2 [negative, prompt] with guidance, else 1 [prompt]
+            text = self.encode_prompt(([negative_prompt or ""] if cfg else []) + [prompt])
+            timings["encode"] = clock.lap()
+
+            # 3. z_T: noise (1, 4, f, h/8, w/8) from a CPU generator (the same seed gives the same noise on any device)
+            scheduler = make_scheduler(self.scheduler)
+            scheduler.set_timesteps(steps, device=self.device)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+            latents = latents * scheduler.init_noise_sigma
+            step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
+
+            # 4. denoise z_T -> z_0: per timestep one UNet pass over [negative, prompt], CFG, sampler step (Eq. 4)
+            with self._on_device(self.video_unet):
+                for t in tqdm(scheduler.timesteps, desc="denoising", disable=not show, leave=False):
+                    model_in = scheduler.scale_model_input(torch.cat([latents] * len(text)), t)  # (b, 4, f, h, w)
+                    eps = predict_noise(self.video_unet, model_in.to(self.dtype), t, text).float()
+                    if cfg:
+                        eps_negative, eps_prompt = eps.chunk(2)
+                        eps = eps_negative + guidance * (eps_prompt - eps_negative)
+                    latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample  # fp32 sampler state
+            if not torch.isfinite(latents).all():
+                raise RuntimeError(f"denoising produced NaN/inf latents in {self.dtype}; try --dtype float32 or bfloat16")
+            timings["denoise"] = clock.lap()
+
+            # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
+            keyframes = self.decode_latents(latents, show)
+            timings["decode"] = clock.lap()
+
+        # 6. SOFP interpolation N -> 2N-1 (Sec. III-E), on the decoded RGB frames
+        frames = keyframes
+        if interpolate:
+            from nadm.interpolate import sofp
+
+            frames = sofp(keyframes, flow=flow, progress=show)
+            timings["interpolate"] = clock.lap()
+
+        # 7. everything needed to reproduce the clip
+        sched = make_scheduler(self.scheduler)
+        settings = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt or "",
+            "seed": seed,
+            "seed_drawn": seed_drawn,
+            "steps": steps,
+            "guidance": float(guidance),
+            "eta": float(eta),
+            "scheduler": self.scheduler,
+            "scheduler_config": {"class": type(sched).__name__, **{k: v for k, v in sched.config.items() if not k.startswith("_")}},
+            "size": {"height": height, "width": width},
+            "keyframes": int(len(keyframes)),
+            "frames_out": int(len(frames)),
+            "interpolation": {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow)} if interpolate else None,
+            **self.sources,
+            "motion_config": to_dict(self.motion_config),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "memory": {
+                "cpu_offload": self.cpu_offload,
+                "vae_slicing": self.vae_slicing,
+                "vae_tiling": self.vae_tiling,
+                "decode_chunk": self.decode_chunk,
+            },
+            "environment": environment_versions(),
+        }
+        return VideoResult(frames, keyframes, settings, timings)
+
+
+def save_result(result: VideoResult, path: str | Path, fps: float | None = None, overwrite: bool = False) -> Path:
+    """Write a clip with nadm.io (format by suffix, atomic) and its settings as the JSON sidecar `<path>.json`."""
+    from nadm.io import write_video
+
+    metadata = {k: v for k, v in result.settings.items() if k != "environment"}  # the writer adds the versions
+    return write_video(result.frames, path, fps or result.fps, metadata=metadata, overwrite=overwrite)
