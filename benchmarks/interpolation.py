@@ -178,19 +178,28 @@ def method_table(flows: list[str]) -> dict[str, Method]:
 
 
 def variant_table() -> dict[str, Method]:
-    """SOFP and midpoint variants (all DIS) that decided sofp's defaults."""
-    v: dict[str, Method] = {}
-    for preset in interp.DIS_PRESETS:
-        fn = functools.partial(interp.dis_flow, preset=preset)
-        v[f"flow_midpoint dis-{preset}"] = functools.partial(interp.flow_midpoint, flow=fn)
-        v[f"sofp dis-{preset}"] = functools.partial(interp.sofp, flow=fn)
-    v["flow_midpoint no-occlusion"] = functools.partial(interp.flow_midpoint, occlusion=False)
-    v["sofp no-occlusion"] = functools.partial(interp.sofp, occlusion=False)
-    for smooth in (0.0, 2.0, 6.0):
-        for mode in ("scale", "blend"):
-            v[f"sofp {mode} smooth={smooth:g}"] = functools.partial(interp.sofp, mode=mode, smooth=smooth)
-    for window in (2, 4):
-        v[f"sofp window={window}"] = functools.partial(interp.sofp, window=window)
+    """SOFP and midpoint variants (all DIS) that decided sofp's defaults; the first is DESIGN.md's reading."""
+    p = functools.partial
+    v: dict[str, Method] = {
+        "crossfade": interp.crossfade,
+        "flow_midpoint (default)": interp.flow_midpoint,
+        "flow_midpoint, no occlusion weights": p(interp.flow_midpoint, occlusion=False),
+        "sofp DESIGN.md reading: scale, smooth 0, no reliability": p(
+            interp.sofp, mode="scale", smooth=0.0, reliability=False
+        ),
+        "sofp scale, smooth 6, no reliability": p(interp.sofp, mode="scale", smooth=6.0, reliability=False),
+        "sofp blend, smooth 6, no reliability": p(interp.sofp, mode="blend", smooth=6.0, reliability=False),
+        "sofp scale, smooth 6, reliability": p(interp.sofp, mode="scale", smooth=6.0, reliability=True),
+        "sofp blend, smooth 0, reliability": p(interp.sofp, mode="blend", smooth=0.0, reliability=True),
+        "sofp blend, smooth 6, reliability (default)": interp.sofp,
+        "sofp default, no occlusion weights": p(interp.sofp, occlusion=False),
+        "sofp default, window 2": p(interp.sofp, window=2),
+        "sofp default, window 4": p(interp.sofp, window=4),
+    }
+    for preset in ("ultrafast", "fast"):
+        fn = p(interp.dis_flow, preset=preset)
+        v[f"flow_midpoint, DIS {preset}"] = p(interp.flow_midpoint, flow=fn)
+        v[f"sofp default, DIS {preset}"] = p(interp.sofp, flow=fn)
     return v
 
 
@@ -221,7 +230,7 @@ def eval_shaken(method: Method, kept: Clip) -> tuple[float, float]:
     return warping_error(out), flicker(out)
 
 
-def time_method(method: Method, size: int, frames: Clip, repeats: int = 3) -> float:
+def time_method(method: Method, size: int, frames: Clip, repeats: int = 5) -> float:
     """Best-of-repeats milliseconds per interpolated frame on frames resized to size x size."""
     clip = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
     method(clip[:2])  # warm-up (DIS objects, caches)
@@ -231,6 +240,15 @@ def time_method(method: Method, size: int, frames: Clip, repeats: int = 3) -> fl
         method(clip)
         best = min(best, time.perf_counter() - start)
     return 1000.0 * best / (len(clip) - 1)
+
+
+def _speed_source(seqs: dict[str, Clip], triplets: dict[str, list]) -> Clip:
+    """9 real frames to time on: the annarbor clip when present (real texture), else any sequence/triplets."""
+    named = [clip for name, clip in seqs.items() if name.startswith("annarbor")]
+    source = named[0] if named else next(iter(seqs.values()), None)
+    if source is None:
+        source = np.stack([t[1] for t in next(iter(triplets.values()))])
+    return source[:9] if len(source) >= 9 else np.concatenate([source] * 9)[:9]
 
 
 def machine() -> str:
@@ -287,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say(f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     say(f"- machine: {machine()}; OpenCV threads: {cv2.getNumThreads()}")
-    say("- note: the machine was shared with other busy processes (test suites of other engineers) during the "
-        "run, so timings are pessimistic and noisy; quality numbers are deterministic.")
+    say("- note: the machine is shared with other engineers' busy processes (tests, benchmarks), also during "
+        "this run (see the load averages), so timings are pessimistic and noisy; quality numbers are deterministic.")
     say("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     say(f"- data: {args.data}")
     for f, why in flows.items():
@@ -335,10 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     # 4. speed
     speed: dict[str, dict[int, float]] = {}
     if not args.no_speed:
-        say("## Speed: ms per interpolated frame (fps = interpolated frames per second), best of 3, 9-frame clip")
+        say("## Speed: ms per interpolated frame (fps = interpolated frames per second), best of 5 runs of 9 annarbor frames resized")
         say()
-        source = next(iter(seqs.values())) if seqs else np.stack([t[1] for t in next(iter(triplets.values()))])
-        source = source[:9] if len(source) >= 9 else np.concatenate([source] * 9)[:9]
+        source = _speed_source(seqs, triplets)
         for name, method in methods.items():
             speed[name] = {s: time_method(method, s, source) for s in (256, 512)}
         for line in _table(
@@ -378,23 +395,32 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. variants (optional): the evidence behind sofp's defaults
     if args.variants:
-        say("## Variants (DIS): sequences mean PSNR / SSIM, shaken mean warping error / flicker")
+        say("## Variants (DIS medium unless named)")
+        say()
+        say("Middlebury-other PSNR; sequences mean PSNR / SSIM; shaken sequences mean warping error / flicker; "
+            "ms per interpolated frame at 512x512 (best of 3; noisy on the shared machine).")
         say()
         rows = []
-        for name, method in {"crossfade": interp.crossfade, **variant_table()}.items():
+        source = _speed_source(seqs, triplets)
+        for name, method in variant_table().items():
+            mb_psnr = eval_triplets(method, triplets["Middlebury-other"])[0] if "Middlebury-other" in triplets else float("nan")
             f_cells = [eval_sequence(method, clip) for clip in seqs.values()]
             s_cells = [eval_shaken(method, kept) for kept in shaken.values()]
             rows.append([
                 name,
+                f"{mb_psnr:.2f}",
                 f"{np.mean([c[0] for c in f_cells]):.2f} / {np.mean([c[1] for c in f_cells]):.4f}",
                 f"{np.mean([c[0] for c in s_cells]):.3f} / {np.mean([c[1] for c in s_cells]):.3f}",
+                f"{time_method(method, 512, source, repeats=3):.1f}",
             ])
             print(f"  variant {name}: done", file=sys.stderr, flush=True)
-        for line in _table(["variant", "sequences PSNR / SSIM", "shaken warping error / flicker"], rows):
+        for line in _table(["variant", "Middlebury PSNR", "sequences PSNR / SSIM", "shaken warp err / flicker",
+                            "512 ms"], rows):
             say(line)
         say()
 
-    say(f"Total benchmark time: {time.time() - started:.0f} s.")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    say(f"Total benchmark time: {time.time() - started:.0f} s; load average at the end: {load}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)

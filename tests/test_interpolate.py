@@ -187,12 +187,12 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_doubles_and_records_settings(tmp_path, capsys):
     frames, _ = _moving(5, h=48, w=64)
     src = write_video(frames, tmp_path / "in", fps=10)
-    code, out, err = _run([str(src), "-o", str(tmp_path / "out.webp")], capsys)
+    code, out, err = _run([str(src), "-o", str(tmp_path / "out.webp"), "--dis-preset", "fast"], capsys)
     assert code == 0, err
     result, fps = read_video(tmp_path / "out.webp")
     assert result.shape == (9, 48, 64, 3) and fps == 20
     side = json.loads((tmp_path / "out.webp.json").read_text())["interpolation"]
-    assert side["method"] == "sofp" and side["flow"] == "dis" and side["times"] == 1
+    assert side["method"] == "sofp" and side["flow"] == "dis" and side["times"] == 1 and side["dis_preset"] == "fast"
     assert (side["frames_in"], side["frames_out"], side["fps_in"], side["fps_out"]) == (5, 9, 10, 20)
     assert side["input"] == str(src.resolve())
 
@@ -261,6 +261,8 @@ def test_cli_option_conflicts_and_raft(tmp_path, capsys, monkeypatch):
     assert code == 2 and "--flow does not apply" in err
     code, _, err = _run([str(src), "-o", str(tmp_path / "a.gif"), "--method", "flow_midpoint", "--window", "2"], capsys)
     assert code == 2 and "--window only applies" in err
+    code, _, err = _run([str(src), "-o", str(tmp_path / "a.gif"), "--flow", "farneback", "--dis-preset", "fast"], capsys)
+    assert code == 2 and "--dis-preset only applies" in err
     monkeypatch.setitem(sys.modules, "torchvision", None)
     code, _, err = _run([str(src), "-o", str(tmp_path / "a.gif"), "--flow", "raft"], capsys)
     assert code == 2 and "torchvision" in err and "--flow dis" in err

@@ -17,6 +17,8 @@ from nadm.errors import NADMError
               show_default=True, help="Interpolator: SOFP (the paper's), plain flow midpoint, or 50/50 cross-fade.")
 @click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default=None,
               help="Optical flow backend for sofp/flow_midpoint  [default: dis].")
+@click.option("--dis-preset", type=click.Choice(["ultrafast", "fast", "medium"]), default=None,
+              help="DIS flow quality/speed preset  [default: medium].")
 @click.option("--times", "times_", type=click.IntRange(min=1), default=1, show_default=True,
               help="Repeat the doubling K times: N frames -> 2^K (N - 1) + 1.")
 @click.option("--window", type=click.IntRange(min=1), default=None,
@@ -28,6 +30,7 @@ def interpolate(
     output: Path,
     method: str,
     flow: str | None,
+    dis_preset: str | None,
     times_: int,
     window: int | None,
     keep_fps: bool,
@@ -40,6 +43,8 @@ def interpolate(
     # 1. option consistency and the output path, before any expensive work
     if method == "crossfade" and flow is not None:
         raise NADMError("--flow does not apply to --method crossfade (it uses no optical flow)")
+    if dis_preset is not None and (method == "crossfade" or (flow or "dis") != "dis"):
+        raise NADMError("--dis-preset only applies with --flow dis")
     if window is not None and method != "sofp":
         raise NADMError(f"--window only applies to --method sofp, not {method}")
     out = check_output_path(output, overwrite)
@@ -55,7 +60,8 @@ def interpolate(
     options: dict = {}
     if method != "crossfade":
         flow = flow or "dis"
-        options["flow"] = interp.get_flow(flow)  # raft: torchvision/weights problems surface here
+        flow_options = {"preset": dis_preset} if dis_preset else {}
+        options["flow"] = interp.get_flow(flow, **flow_options)  # raft: torchvision/weight problems surface here
     if method == "sofp":
         options["window"] = window
     try:
@@ -81,6 +87,6 @@ def interpolate(
     if method == "sofp":
         settings["sofp"] = dict(interp.SOFP_DEFAULTS)
     if flow == "dis":
-        settings["dis_preset"] = interp.DEFAULT_DIS_PRESET
+        settings["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
     write_video(result, out, fps_out, metadata={"interpolation": settings}, overwrite=overwrite)
     click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {fps_out:g} fps ({method})")
