@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,10 @@ def quiet_loading():
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # diffusers 0.42 still passes huggingface_hub an argument it deprecated: noise, not a problem
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+            yield
     finally:
         dlog.set_verbosity(state[0])
         tlog.set_verbosity(state[1])

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nadm.base import DEFAULT_BASE, LoraSpec, load_base
+from nadm.base import DEFAULT_BASE, LoraSpec, load_base, quiet_loading
 from nadm.errors import NADMError
 
 DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
@@ -275,7 +275,10 @@ class NADMPipeline:
         if motion is None:
             _note(f"no motion weights given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
             motion = DEFAULT_MOTION
-        weights = motion if isinstance(motion, MotionWeights) else load_motion_source(str(motion))
+        if not isinstance(motion, MotionWeights):
+            with quiet_loading():
+                motion = load_motion_source(str(motion))
+        weights = motion
         # 3. the frozen base, LoRAs fused, in the sampling dtype
         base_model = load_base(str(base), config=base_config, loras=loras, dtype=torch_dtype)
         # 4. the video UNet: every image layer of the base UNet followed by a motion module

@@ -12,7 +12,15 @@ import torch
 from nadm.base import LoraSpec, load_base
 from nadm.checkpoint import MotionWeights
 from nadm.errors import NADMError
-from nadm.pipeline import InvalidRequest, NADMPipeline, check_request, default_fps, make_scheduler
+from nadm.pipeline import (
+    InvalidRequest,
+    NADMPipeline,
+    check_request,
+    default_fps,
+    make_scheduler,
+    resolve_device,
+    resolve_dtype,
+)
 from nadm.tiny import TINY_MOTION, TINY_UNET, TINY_VAE, build_tiny_base, build_tiny_motion
 
 PROMPT = "mountains in mist, ink wash"
@@ -143,6 +151,18 @@ def test_bad_requests_are_refused_before_sampling(pipe, kwargs, message):
     assert isinstance(err.value, NADMError)  # the CLI prints it as one line
 
 
+def test_devices_and_dtypes():
+    assert resolve_device("cpu").type == "cpu" and resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.float16 and resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(InvalidRequest, match="unsupported dtype 'int8'"):
+        resolve_dtype("int8", torch.device("cpu"))
+    with pytest.raises(InvalidRequest, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidRequest, match="device 'cuda' is not available here"):
+            resolve_device("cuda")
+
+
 def test_check_request_without_a_motion_module_has_no_frame_limit():
     check_request(64, 512, 512)
     with pytest.raises(InvalidRequest, match="at most 24"):
@@ -270,13 +290,16 @@ def other_base(tiny):
 
 
 def test_single_file_base_loads_exactly_and_changes_the_output(tiny, pipe, other_base):
-    single = NADMPipeline.from_pretrained(other_base["single"], base_config=tiny["base"], motion=tiny["motion"], progress=False)
+    # --base-config needs only the configs and the tokenizer of a diffusers folder: copy them without any weights
+    configs = tiny["root"] / "configs-only"
+    shutil.copytree(tiny["base"], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    single = NADMPipeline.from_pretrained(other_base["single"], base_config=configs, motion=tiny["motion"], progress=False)
     folder = NADMPipeline.from_pretrained(other_base["folder"], motion=tiny["motion"], progress=False)
     got = _frames(single)
     assert np.array_equal(got, _frames(folder))  # every weight came through the original layout
     assert np.abs(got.astype(int) - _frames(pipe)).mean() > 1  # and it is another model than the default base
     s = single(PROMPT, interpolate=False, seed=0, **SMALL).settings["base"]
-    assert s == {"source": str(other_base["single"]), "kind": "single-file", "config": str(tiny["base"]), "loras": []}
+    assert s == {"source": str(other_base["single"]), "kind": "single-file", "config": str(configs), "loras": []}
 
 
 def test_single_file_needs_its_configs_offline(other_base):

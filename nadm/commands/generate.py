@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from nadm.base import DEFAULT_BASE, LoraSpec, base_kind, check_base_config
+from nadm.base import DEFAULT_BASE, LoraSpec, base_kind, check_base_config, quiet_loading
 from nadm.errors import NADMError
 from nadm.pipeline import BASE_FPS, DEFAULT_MOTION, SCHEDULERS, check_request
 
@@ -132,7 +132,8 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
 
     if motion is None:
         _note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
-    weights = load_motion_source(motion or DEFAULT_MOTION)
+    with quiet_loading():
+        weights = load_motion_source(motion or DEFAULT_MOTION)
     check_request(frames, height, width, steps, guidance, seed, interpolate, weights.config.motion_max_seq_length)
     pipe = NADMPipeline.from_pretrained(
         base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
