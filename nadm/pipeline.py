@@ -409,12 +409,13 @@ class NADMPipeline:
             timings["decode"] = clock.lap()
 
         # 6. SOFP interpolation N -> 2N-1 (Sec. III-E), on the decoded RGB frames
-        frames = keyframes
+        frames, interpolation = keyframes, None
         if interpolate:
-            from nadm.interpolate import sofp
+            from nadm.interpolate import SOFP_DEFAULTS, sofp
 
             frames = sofp(keyframes, flow=flow, progress=show)
             timings["interpolate"] = clock.lap()
+            interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
 
         # 7. everything needed to reproduce the clip
         sched = make_scheduler(self.scheduler)
@@ -431,7 +432,7 @@ class NADMPipeline:
             "size": {"height": height, "width": width},
             "keyframes": int(len(keyframes)),
             "frames_out": int(len(frames)),
-            "interpolation": {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow)} if interpolate else None,
+            "interpolation": interpolation,
             **self.sources,
             "motion_config": to_dict(self.motion_config),
             "device": str(self.device),

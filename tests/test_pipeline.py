@@ -67,7 +67,7 @@ def test_clip_shape_interpolation_and_settings(pipe, tiny):
     s = video.settings
     assert (s["prompt"], s["negative_prompt"], s["seed"], s["seed_drawn"]) == (PROMPT, "", 3, False)
     assert (s["steps"], s["guidance"], s["scheduler"], s["keyframes"], s["frames_out"]) == (2, 8.0, "ddim", 4, 7)
-    assert s["size"] == {"height": 32, "width": 48} and s["interpolation"] == {"method": "sofp", "flow": "dis"}
+    assert s["size"] == {"height": 32, "width": 48} and (s["interpolation"]["method"], s["interpolation"]["flow"]) == ("sofp", "dis")
     assert s["base"] == {"source": str(tiny["base"]), "kind": "folder", "config": None, "loras": []}
     assert s["motion"] == {"source": str(tiny["motion"]), "format": "nadm", "kind": "nadm"}
     assert s["motion_config"]["attn2"] == "sparse_causal" and s["device"] == "cpu" and s["dtype"] == "float32"
