@@ -85,26 +85,31 @@ def save_tiny_tokenizer(path: str | Path):
     return tok
 
 
-def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def tiny_components(tokenizer_dir: str | Path, seed: int = 0) -> dict:
+    """In-memory tiny SD components: `unet`, `vae`, `text_encoder` and a `tokenizer` saved to `tokenizer_dir`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    path = Path(path)
-    tokenizer = save_tiny_tokenizer(path / "tokenizer")
+    tokenizer = save_tiny_tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET)
     vae = AutoencoderKL(**TINY_VAE)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **ids, **TINY_TEXT))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    path = Path(path)
+    components = tiny_components(path / "tokenizer", seed)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
     )
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
+        **components,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
