@@ -93,16 +93,20 @@ def base_kind(src: str) -> str:
     raise NADMError(f"base model not found: {src} (expected a diffusers folder, a .safetensors/.ckpt file or a hub id)")
 
 
-def check_base_config(config: str | None) -> None:
-    """A single-file config source must be a local diffusers folder or a hub id."""
+def check_base_source(src: str, config: str | None = None) -> str:
+    """The base's kind (`base_kind`), after checking that a config source comes only with a single file and exists."""
+    kind = base_kind(src)
     if config is None:
-        return
+        return kind
+    if kind != "single-file":
+        raise NADMError("--base-config applies to single-file (.safetensors/.ckpt) base checkpoints only")
     path = Path(config).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise NADMError(f"--base-config {config} is not a diffusers pipeline folder (no model_index.json)")
     elif not _HUB_ID.fullmatch(config):
         raise NADMError(f"base config folder not found: {config}")
+    return kind
 
 
 def _unreachable(src: str, err: Exception) -> NADMError:
@@ -219,10 +223,7 @@ def load_base(src: str | Path = DEFAULT_BASE, config: str | Path | None = None, 
     """SD 1.5 components from `src` (hub id, diffusers folder or single file + `config`), LoRAs fused (Sec. III-C)."""
     # 1. what the source is (NADMError for missing local paths before anything is imported)
     src, config = str(src), (None if config is None else str(config))
-    kind = base_kind(src)
-    if kind != "single-file" and config is not None:
-        raise NADMError("--base-config applies to single-file (.safetensors/.ckpt) base checkpoints only")
-    check_base_config(config)
+    kind = check_base_source(src, config)
     loras = tuple(loras)
     # 2. load the components
     with quiet_loading():

@@ -149,8 +149,8 @@ def check_request(
         raise InvalidRequest(
             f"frames must be at most {max_frames}, the motion module's position-encoding length, got {num_frames}"
         )
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise InvalidRequest(f"steps must be a positive integer, got {steps}")
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= PAPER_SCHEDULE["num_train_timesteps"]:
+        raise InvalidRequest(f"steps must be an integer from 1 to {PAPER_SCHEDULE['num_train_timesteps']}, got {steps}")
     if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 1:
         raise InvalidRequest(f"guidance must be a finite number >= 1 (1 turns classifier-free guidance off), got {guidance}")
     if seed is not None and (not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT):
@@ -167,7 +167,7 @@ def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
     return LoraSpec.parse(str(item))
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
     """A remark for the user on stderr (stdout stays for results)."""
     print(f"nadm: {message}", file=sys.stderr, flush=True)
 
@@ -273,12 +273,12 @@ class NADMPipeline:
         loras = tuple(_as_lora(item) for item in loras)
         # 2. motion weights (small; they fix the frame limit)
         if motion is None:
-            _note(f"no motion weights given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+            note(f"no motion weights given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
             motion = DEFAULT_MOTION
-        if not isinstance(motion, MotionWeights):
+        weights = motion if isinstance(motion, MotionWeights) else None
+        if weights is None:
             with quiet_loading():
-                motion = load_motion_source(str(motion))
-        weights = motion
+                weights = load_motion_source(str(motion))
         # 3. the frozen base, LoRAs fused, in the sampling dtype
         base_model = load_base(str(base), config=base_config, loras=loras, dtype=torch_dtype)
         # 4. the video UNet: every image layer of the base UNet followed by a motion module
@@ -319,9 +319,11 @@ class NADMPipeline:
         """CLIP text embeddings `(len(texts), 77, dim)`, tau_theta(y) of Alg. 1 (prompts longer than 77 tokens are cut)."""
         tok = self.tokenizer
         limit = tok.model_max_length
-        for text in texts:
-            if len(tok(text, truncation=False).input_ids) > limit:
-                _note(f"prompt cut to the text encoder's {limit} tokens: {text[:60]!r}...")
+        with quiet_loading():  # the tokenizer warns about long inputs in its own words; we say it once below
+            lengths = [len(tok(text, truncation=False).input_ids) for text in texts]
+        for text, length in zip(texts, lengths):
+            if length > limit:
+                note(f"prompt cut to the text encoder's {limit} tokens: {text[:60]!r}...")
         ids = tok(texts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
         with self._on_device(self.text_encoder):
             return self.text_encoder(ids.to(self.device)).last_hidden_state
@@ -369,6 +371,8 @@ class NADMPipeline:
         check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidRequest("the prompt must be a non-empty string")
+        if not 0.0 <= eta <= 1.0:
+            raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
         if eta != 0.0 and self.scheduler != "ddim":
             raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
         seed_drawn = seed is None

@@ -90,6 +90,12 @@ def test_prompt_negative_prompt_and_guidance_reach_the_unet(pipe):
         assert not np.array_equal(ref, changed)
 
 
+def test_long_prompts_are_cut_with_a_note(pipe, capsys):
+    long = "mountain " * 20  # the tiny tokenizer has one token per byte: 180 > 77
+    assert np.array_equal(_frames(pipe, prompt=long), _frames(pipe, prompt=long + "and a river"))  # the tail is cut
+    assert "prompt cut to the text encoder's 77 tokens" in capsys.readouterr().err
+
+
 def test_motion_module_is_in_the_loop(tiny, pipe):
     """The same base with the motion module's output projections zeroed (identity) gives a different video."""
     zeroed = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
@@ -140,7 +146,9 @@ def test_schedulers_use_the_paper_schedule_whatever_the_base_folder_says(tiny, p
     (dict(height=8), "height must be at least 16 for interpolation"),
     (dict(num_frames=1), "frames must be at least 2"),
     (dict(num_frames=33), "frames must be at most 32"),
-    (dict(steps=0), "steps must be a positive integer"),
+    (dict(steps=0), "steps must be an integer from 1 to 1000"),
+    (dict(steps=1001), "steps must be an integer from 1 to 1000"),
+    (dict(eta=1.5), "eta must be in [0, 1]"),
     (dict(guidance=0.5), "guidance must be a finite number >= 1"),
     (dict(guidance=math.nan), "guidance must be a finite number >= 1"),
     (dict(seed=-1), "seed must be an integer"),
@@ -302,9 +310,13 @@ def test_single_file_base_loads_exactly_and_changes_the_output(tiny, pipe, other
     assert s == {"source": str(other_base["single"]), "kind": "single-file", "config": str(configs), "loras": []}
 
 
-def test_single_file_needs_its_configs_offline(other_base):
+def test_single_file_needs_its_configs_offline(tiny, other_base):
     with pytest.raises(NADMError, match="pass --base-config DIR"):
-        load_base(str(other_base["single"]))
+        load_base(other_base["single"])
+    with pytest.raises(NADMError, match="base config folder not found: /nonexistent/sd15"):
+        load_base(other_base["single"], config="/nonexistent/sd15")
+    with pytest.raises(NADMError, match="is not a diffusers pipeline folder"):
+        load_base(other_base["single"], config=tiny["base"] / "unet")
 
 
 def test_single_file_with_missing_weights_is_refused(tiny, other_base):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from nadm.base import DEFAULT_BASE, LoraSpec, base_kind, check_base_config, quiet_loading
+from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
 from nadm.errors import NADMError
 from nadm.pipeline import BASE_FPS, DEFAULT_MOTION, SCHEDULERS, check_request
 
@@ -120,18 +120,18 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise NADMError(f"--fps must be a positive number, got {fps}")
     lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
-    base_kind(base)
-    check_base_config(base_config)
+    check_base_source(base, base_config)
     # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
     paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
     paths = [check_output_path(path, overwrite) for path in paths]
 
     # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
     from nadm.checkpoint import load_motion_source
-    from nadm.pipeline import NADMPipeline, _note, save_result
+    from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype, save_result
 
+    resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
     if motion is None:
-        _note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+        note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
     with quiet_loading():
         weights = load_motion_source(motion or DEFAULT_MOTION)
     check_request(frames, height, width, steps, guidance, seed, interpolate, weights.config.motion_max_seq_length)
