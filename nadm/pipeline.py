@@ -226,13 +226,9 @@ class NADMPipeline:
         self.cpu_offload, self.vae_slicing, self.vae_tiling = cpu_offload, vae_slicing, vae_tiling
         self.decode_chunk = 1 if vae_slicing else decode_chunk
         self.progress = progress
-        # weights stay on the CPU between stages with offload, else live on the device
-        home = torch.device("cpu") if cpu_offload else self.device
         for module in (video_unet, vae, text_encoder):
             module.requires_grad_(False).eval()
-            if module.dtype != self.dtype:
-                module.to(dtype=self.dtype)
-            module.to(home)
+        self.to(self.device, self.dtype)
         if vae_tiling:
             vae.enable_tiling()
         else:
@@ -296,6 +292,19 @@ class NADMPipeline:
             scheduler=scheduler, device=dev, dtype=torch_dtype, sources=sources, cpu_offload=cpu_offload,
             vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, progress=progress,
         )  # fmt: skip
+
+    def to(self, device=None, dtype=None) -> "NADMPipeline":
+        """Run on another device and/or dtype (same names as `from_pretrained`); with CPU offload weights stay on the CPU."""
+        import torch
+
+        self.device = resolve_device(device) if device is not None else self.device
+        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else self.dtype
+        home = torch.device("cpu") if self.cpu_offload else self.device  # where weights live between stages
+        for module in (self.video_unet, self.vae, self.text_encoder):
+            if module.dtype != self.dtype:
+                module.to(dtype=self.dtype)
+            module.to(home)
+        return self
 
     # ------------------------------------------------------------------------------------------- stages
 

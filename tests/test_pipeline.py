@@ -199,6 +199,18 @@ def test_cpu_offload_and_vae_slicing_give_the_same_video(tiny, pipe):
     assert np.abs(ref.astype(int) - got).max() <= 1  # the VAE batch size changes float rounding only
 
 
+def test_to_changes_dtype_and_back(tiny):
+    moved = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
+    ref = _frames(moved)
+    moved.to("cpu", "bfloat16")
+    assert moved.dtype == torch.bfloat16 and moved.video_unet.dtype == moved.vae.dtype == torch.bfloat16
+    half = _frames(moved)
+    assert half.shape == ref.shape and not np.array_equal(half, ref)  # bfloat16 rounds differently
+    moved.to(dtype="float32")  # weights keep their bfloat16 rounding: close to the original, not equal
+    assert moved.video_unet.dtype == torch.float32 and np.abs(_frames(moved).astype(int) - ref).mean() < 3
+    assert moved(PROMPT, seed=0, interpolate=False, **SMALL).settings["dtype"] == "float32"
+
+
 def test_vae_tiling_decodes_in_tiles(tiny, pipe):
     tiled = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], vae_tiling=True, progress=False)
     assert tiled.vae.use_tiling and TINY_VAE["sample_size"] < 64  # 64 px frames are split into 32 px tiles
