@@ -240,13 +240,13 @@ class NADMPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        base: str = DEFAULT_BASE,
+        base: str | Path = DEFAULT_BASE,
         motion=None,
         loras: Iterable[LoraSpec | str | tuple] = (),
         device=None,
         dtype=None,
         scheduler: str = "ddim",
-        base_config: str | None = None,
+        base_config: str | Path | None = None,
         cpu_offload: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
@@ -414,7 +414,8 @@ class NADMPipeline:
                         eps = eps_negative + guidance * (eps_prompt - eps_negative)
                     latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample  # fp32 sampler state
             if not torch.isfinite(latents).all():
-                raise RuntimeError(f"denoising produced NaN/inf latents in {self.dtype}; try --dtype float32 or bfloat16")
+                dtype = str(self.dtype).removeprefix("torch.")
+                raise NADMError(f"denoising produced NaN/inf latents in {dtype}; try dtype float32 or bfloat16")
             timings["denoise"] = clock.lap()
 
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
@@ -431,7 +432,7 @@ class NADMPipeline:
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
 
         # 7. everything needed to reproduce the clip
-        sched = make_scheduler(self.scheduler)
+        sched = scheduler.config
         settings = {
             "prompt": prompt,
             "negative_prompt": negative_prompt or "",
@@ -441,7 +442,7 @@ class NADMPipeline:
             "guidance": float(guidance),
             "eta": float(eta),
             "scheduler": self.scheduler,
-            "scheduler_config": {"class": type(sched).__name__, **{k: v for k, v in sched.config.items() if not k.startswith("_")}},
+            "scheduler_config": {"class": type(scheduler).__name__, **{k: v for k, v in sched.items() if not k.startswith("_")}},
             "size": {"height": height, "width": width},
             "keyframes": int(len(keyframes)),
             "frames_out": int(len(frames)),

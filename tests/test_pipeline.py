@@ -106,6 +106,14 @@ def test_motion_module_is_in_the_loop(tiny, pipe):
     assert not np.array_equal(_frames(pipe), _frames(zeroed))
 
 
+def test_numerical_blow_up_is_reported_not_written(tiny):
+    broken = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
+    with torch.no_grad():
+        broken.video_unet.conv_out.bias.fill_(math.inf)
+    with pytest.raises(NADMError, match="NaN/inf latents in float32; try dtype float32 or bfloat16"):
+        _frames(broken)
+
+
 # -------------------------------------------------------------------------------------- schedulers
 
 
