@@ -415,7 +415,8 @@ class NADMPipeline:
                     latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample  # fp32 sampler state
             if not torch.isfinite(latents).all():
                 dtype = str(self.dtype).removeprefix("torch.")
-                raise NADMError(f"denoising produced NaN/inf latents in {dtype}; try dtype float32 or bfloat16")
+                hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
+                raise NADMError(f"denoising produced NaN/inf latents in {dtype}: {hint}")
             timings["denoise"] = clock.lap()
 
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
