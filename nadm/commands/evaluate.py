@@ -436,10 +436,10 @@ def _generate_set(vs: VideoSet, checkpoint: str, jobs: list[tuple[int, str, int]
     todo = [(path, prompt, seed) for path, (_, prompt, seed) in zip(vs.paths, jobs) if overwrite or not path.exists()]
     if not todo:
         return
-    kwargs = {"motion": checkpoint} if base is None else {"base": base, "motion": checkpoint}
+    kwargs = {"motion": checkpoint, "device": None if device in (None, "", "auto") else device}
+    if base is not None:
+        kwargs["base"] = base
     pipe = NADMPipeline.from_pretrained(**kwargs)
-    if device not in (None, "", "auto") and hasattr(pipe, "to"):
-        pipe.to(device)
     for path, prompt, seed in tqdm(todo, desc=f"generating {vs.label}", unit="video", disable=not progress):
         result = pipe(prompt, seed=seed, **call)
         meta = {"prompt": prompt, "seed": seed, "motion": checkpoint, "settings": dict(result.settings)}
