@@ -243,7 +243,9 @@ class NoiseScheduleConfig:
         if self.beta_schedule not in ("linear", "scaled_linear"):
             raise ValueError(f"beta_schedule must be 'linear' or 'scaled_linear', got {self.beta_schedule!r}")
         if self.prediction_type != "epsilon":
-            raise ValueError(f"prediction_type must be 'epsilon' (L_diff of Eq. 12 is on the noise), got {self.prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be 'epsilon' (L_diff of Eq. 12 is on the noise), got {self.prediction_type!r}"
+            )
 
 
 @dataclass(frozen=True)

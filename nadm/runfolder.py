@@ -4,10 +4,10 @@
     DIR/metrics.jsonl                      one record per logged step: losses, lr, grad norm, throughput
     DIR/logs/nadm/events.out.tfevents.*    the same in TensorBoard (accelerate's tracker)
     DIR/checkpoints/checkpoint-000100/     accelerate `save_state` (optimizer, scheduler, RNG, EMA, step) plus
-        trainable_weights.safetensors      the motion module + noise adapter as trained (SD's frozen weights: not saved)
+        nadm/                              the motion module + noise adapter as an NADM checkpoint (SD's frozen
+                                           weights are not saved): `nadm generate --motion .../checkpoint-000100/nadm`
+        trainable_weights.safetensors      with EMA only: the raw trained weights (nadm/ then holds the EMA ones)
         train_config.yaml                  the config again, beside the weights
-        nadm/                              an NADM checkpoint of the same weights (the EMA ones with EMA on):
-                                           `nadm generate --motion DIR/checkpoints/checkpoint-000100/nadm`
     DIR/validation/step-000100/*.mp4       validation videos (fixed prompts and seeds) with JSON sidecars
     DIR/summary.json                       written when the run ends
 
@@ -62,14 +62,31 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
             raise NADMError(f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
         return found.resolve()
     path = Path(resume).expanduser()
-    if (path / CHECKPOINTS).is_dir() and not (path / WEIGHTS).is_file():
+    if (path / CHECKPOINTS).is_dir() and not (path / RUN_CONFIG).is_file():
         found = latest_checkpoint(path)
         if found is None:
             raise NADMError(f"--resume {resume}: no checkpoint in {path / CHECKPOINTS}")
         return found.resolve()
-    if not (path / WEIGHTS).is_file() or not (path / RUN_CONFIG).is_file():
-        raise NADMError(f"--resume {resume}: not a training checkpoint (expected {WEIGHTS} and {RUN_CONFIG} in it)")
+    if not (path / EXPORT).is_dir() or not (path / RUN_CONFIG).is_file():
+        raise NADMError(f"--resume {resume}: not a training checkpoint (expected {EXPORT}/ and {RUN_CONFIG} in it)")
     return path.resolve()
+
+
+def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A checkpoint's trained weights as the training module's keys (`unet.<motion>`, `adapter.<...>`): the raw
+    ones (trainable_weights.safetensors) when EMA wrote them apart, else the NADM export's."""
+    from safetensors.torch import load_file
+
+    from nadm.checkpoint import load_checkpoint
+
+    folder = Path(folder)
+    if (folder / WEIGHTS).is_file():
+        return load_file(str(folder / WEIGHTS))
+    export = load_checkpoint(folder / EXPORT)
+    if export.noise_adapter is None:
+        raise NADMError(f"{folder / EXPORT} has no noise adapter: it cannot resume training")
+    motion = {f"unet.{k}": v for k, v in export.motion.items()}
+    return {**motion, **{f"adapter.{k}": v for k, v in export.noise_adapter.items()}}
 
 
 def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:
@@ -84,7 +101,9 @@ def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:
             raise NADMError(f"--output {out} is not empty and the checkpoint {resume} belongs to another run")
         return
     if nonempty and not overwrite:
-        raise NADMError(f"--output {out} is not empty: pass --resume latest to continue its run or --overwrite to start over")
+        raise NADMError(
+            f"--output {out} is not empty: pass --resume latest to continue its run or --overwrite to start over"
+        )
     if nonempty and not (out / RUN_CONFIG).is_file():
         raise NADMError(f"--output {out} is not an nadm training folder (no {RUN_CONFIG}); refusing to delete it")
 
@@ -229,7 +248,9 @@ def validation_videos(config, motion_weights, out: Path, step: int, device) -> P
     folder = out / "validation" / f"step-{step:06d}"
     v = config.validation
     size = v.resolution or config.data.resolution
-    pipe = NADMPipeline.from_pretrained(config.base, motion=motion_weights, base_config=config.base_config, device=device, progress=False)
+    pipe = NADMPipeline.from_pretrained(
+        config.base, motion=motion_weights, base_config=config.base_config, device=device, progress=False
+    )
     for i, prompt in enumerate(v.prompts):
         for seed in v.seeds:
             result = pipe(

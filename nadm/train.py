@@ -106,7 +106,9 @@ def resolve_config(
         latent_cache=_absolute_if_local(config.data.latent_cache),
         captions_file=_absolute_if_local(config.data.captions_file),
     )
-    config = config.replace(base=_absolute_if_local(config.base), init_motion=_absolute_if_local(config.init_motion), data=data_cfg)
+    config = config.replace(
+        base=_absolute_if_local(config.base), init_motion=_absolute_if_local(config.init_motion), data=data_cfg
+    )
     # 4. a resumed run may only change bookkeeping, never the recipe
     if resume_from is not None:
         before = _flatten(train_config_from_dict(start, where=str(resume_from / RUN_CONFIG)).to_dict())
@@ -420,7 +422,8 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     init = load_motion_source(cfg.init_motion, heads_from=cfg.model) if cfg.init_motion is not None and fresh else None
     model_cfg = resolve_model_config(cfg.model, parts.unet, init)
     if model_cfg != cfg.model:
-        changed = [f"{k}={getattr(model_cfg, k)!r}" for k in ARCHITECTURE_FIELDS if getattr(model_cfg, k) != getattr(cfg.model, k)]
+        changed = [f"{k}={getattr(model_cfg, k)!r}" for k in ARCHITECTURE_FIELDS
+                   if getattr(model_cfg, k) != getattr(cfg.model, k)]  # fmt: skip
         say(f"motion architecture from --init-motion ({init.source_format}): {', '.join(changed)}")
         cfg = cfg.replace(model=model_cfg)
     video_unet = build_video_unet(parts.unet, model_cfg, init.motion if init is not None else None)
@@ -469,12 +472,21 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
     """The body of `train`, numbered as it runs (step 1 is in `train`); nothing is written before step 8."""
     from accelerate.utils import DistributedType, set_seed
     from diffusers.optimization import get_scheduler
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from nadm.checkpoint import save_checkpoint
     from nadm.motion import check_state_dict
-    from nadm.runfolder import fingerprint, log_record, MetricsWindow, prune, start_metrics, validation_videos, write_checkpoint
+    from nadm.runfolder import (
+        MetricsWindow,
+        fingerprint,
+        log_record,
+        prune,
+        read_trainable,
+        start_metrics,
+        validation_videos,
+        write_checkpoint,
+    )
 
     say = lambda message: _say(accelerator, message)  # noqa: E731
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -537,16 +549,16 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
         ema.to(accelerator.device)
     state = _Progress()
 
-    # 7. checkpoint contents: trainable_weights.safetensors replaces accelerate's copy of the whole UNet (DDP and
-    #    single process; under FSDP/DeepSpeed accelerate saves the model its own way and we add the file)
+    # 7. checkpoint contents: the NADM export (+ the raw weights apart with EMA) replaces accelerate's copy of the
+    #    whole UNet (DDP and single process; under FSDP/DeepSpeed accelerate saves the model its own way as well)
     def drop_full_model(models, weights, directory):
         weights.clear()
 
     def load_trainable(models, directory):
         if not models:
             return  # FSDP/DeepSpeed: accelerate loads its own model files
-        tensors = load_file(str(Path(directory) / WEIGHTS))
-        check_state_dict({k: v.shape for k, v in raw.trainable_state_dict().items()}, tensors, str(Path(directory) / WEIGHTS))
+        tensors = read_trainable(directory)
+        check_state_dict({k: v.shape for k, v in raw.trainable_state_dict().items()}, tensors, f"the weights in {directory}")
         _, unexpected = raw.load_state_dict(tensors, strict=False)
         assert not unexpected, "the strict check above guarantees this"
         models.clear()
@@ -564,7 +576,8 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
         weights = _trainable_weights(accelerator, module)
         export = weights if ema is None else _trainable_weights(accelerator, module, ema, trainable)
         if accelerator.is_main_process:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+            if ema is not None:
+                save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
             motion, adapter = _split(export)
             extra = {"step": state.step, "ema": ema is not None, "train_config": cfg.to_dict()}
             save_checkpoint(folder / EXPORT, cfg.model, motion, adapter, extra=extra)
@@ -584,7 +597,8 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
         motion, _ = _split(_trainable_weights(accelerator, module, ema, trainable))
         if accelerator.is_main_process:
             weights = MotionWeights(cfg.model, motion, None, f"{out} at step {state.step}", "nadm")
-            say(f"step {state.step}: validation videos in {validation_videos(cfg, weights, out, state.step, accelerator.device)}")
+            folder = validation_videos(cfg, weights, out, state.step, accelerator.device)
+            say(f"step {state.step}: validation videos in {folder}")
         accelerator.wait_for_everyone()
 
     # 8. bookkeeping: the folder (an earlier run's deleted with --overwrite), the resolved config, the metrics
@@ -619,7 +633,8 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
                 generator = step_generator(cfg.run.seed, step, micro, accelerator.process_index)
                 losses = training_step(module, latents, text, generator, noise_scheduler, cfg.loss)
                 # every rank sees the mean losses, so a NaN on any rank stops all of them together
-                values = accelerator.reduce(torch.stack([losses.diffusion, losses.contrastive, losses.total]).detach(), "mean")
+                values = torch.stack([losses.diffusion, losses.contrastive, losses.total]).detach()
+                values = accelerator.reduce(values, "mean")
                 if not torch.isfinite(values).all():
                     raise TrainingDiverged(_diverged(values, step, last_checkpoint))
                 means += values / accum
@@ -627,7 +642,8 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(module.parameters(), o.max_grad_norm or float("inf"))
                     # fp16's loss scaler skips steps with inf gradients by itself; elsewhere they are fatal
-                    if grad_norm is not None and not math.isfinite(float(grad_norm)) and accelerator.mixed_precision != "fp16":
+                    fatal = accelerator.mixed_precision != "fp16"
+                    if grad_norm is not None and not math.isfinite(float(grad_norm)) and fatal:
                         raise TrainingDiverged(_diverged(values, step, last_checkpoint, f"gradient norm {float(grad_norm)}"))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

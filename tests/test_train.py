@@ -16,7 +16,7 @@ from nadm.cli import main
 from nadm.config import TRAIN_PRESETS, LossConfig, NoiseScheduleConfig, TrainConfig, load_train_config
 from nadm.errors import NADMError
 from nadm.io import write_video
-from nadm.runfolder import EXPORT, WEIGHTS, checkpoints, fingerprint, read_metrics
+from nadm.runfolder import EXPORT, WEIGHTS, checkpoints, fingerprint, read_metrics, read_trainable
 from nadm.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,6 @@ def test_cli_refuses_user_mistakes_with_one_line(env, tmp_path, capsys):
 
 def test_short_run_logs_exports_and_keeps_sd_frozen(env, tmp_path, capsys):
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from nadm.checkpoint import load_checkpoint
@@ -205,7 +204,8 @@ def test_short_run_logs_exports_and_keeps_sd_frozen(env, tmp_path, capsys):
     weights = result.module.trainable_state_dict()
     assert all(torch.equal(export.motion[k], weights["unet." + k]) for k in export.motion)
     assert all(torch.equal(export.noise_adapter[k], weights["adapter." + k]) for k in export.noise_adapter)
-    assert set(load_file(str(result.checkpoint / WEIGHTS))) == set(weights)
+    assert not (result.checkpoint / WEIGHTS).exists()  # without EMA the export is the one copy of the weights
+    assert read_trainable(result.checkpoint).keys() == weights.keys()
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())
     # 3. SD's weights bitwise unchanged and frozen; the motion module did train (its zero output projections moved)
     unet2d = UNet2DConditionModel.from_pretrained(env["base"], subfolder="unet")
@@ -259,22 +259,29 @@ def test_contrastive_loss_falls_on_a_fixed_batch():
 
 def test_resume_reproduces_the_uninterrupted_run(env, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert cli_train(env, whole, "--max-steps", 6) == 0
+    ema = ("--ema", "--set", "optim.ema_decay=0.5")  # the EMA must carry over too
+    assert cli_train(env, whole, "--max-steps", 6, *ema) == 0
     # stopped after step 2 (mid-epoch: 3 clips, one per step), then after step 4 (the next epoch), then to the end
-    assert cli_train(env, parts, "--max-steps", 2) == 0
-    assert cli_train(env, parts, "--max-steps", 4, "--resume", "latest") == 0
-    assert cli_train(env, parts, "--max-steps", 6, "--resume", "latest") == 0
+    assert cli_train(env, parts, "--max-steps", 2, *ema) == 0
+    assert cli_train(env, parts, "--max-steps", 4, "--resume", "latest", *ema) == 0
+    assert cli_train(env, parts, "--max-steps", 6, "--resume", "latest", *ema) == 0
     a, b = read_metrics(whole), read_metrics(parts)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "loss_diffusion", "loss_contrastive", "lr", "grad_norm"):
         assert [r[key] for r in a] == [r[key] for r in b], key  # bitwise: the same data, noise, t and weights
     assert a[3]["loss"] != a[4]["loss"]  # steps differ from each other, so the equality above says something
-    end = "checkpoints/checkpoint-000006/" + WEIGHTS
-    from safetensors.torch import load_file
+    from nadm.checkpoint import load_checkpoint
 
-    assert fingerprint(load_file(str(whole / end))) == fingerprint(load_file(str(parts / end)))
+    end = "checkpoints/checkpoint-000006"
+    assert fingerprint(read_trainable(whole / end)) == fingerprint(read_trainable(parts / end))  # raw weights
+    a_ema, b_ema = load_checkpoint(whole / end / EXPORT), load_checkpoint(parts / end / EXPORT)  # EMA weights
+    assert fingerprint(a_ema.motion) == fingerprint(b_ema.motion) != fingerprint(_split_motion(read_trainable(whole / end)))
     # a resumed run may not change the recipe
-    assert cli_train(env, parts, "--max-steps", 8, "--resume", "latest", "--lr", "0.5") == 2
+    assert cli_train(env, parts, "--max-steps", 8, "--resume", "latest", "--lr", "0.5", *ema) == 2
+
+
+def _split_motion(trainable: dict) -> dict:
+    return {k[len("unet."):]: v for k, v in trainable.items() if k.startswith("unet.")}
 
 
 def _free_port() -> int:
@@ -295,9 +302,7 @@ def test_two_processes_end_with_identical_weights(env, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["step"] == 3
     prints = summary["rank_fingerprints"]
-    from safetensors.torch import load_file
-
-    saved = fingerprint(load_file(str(out / "checkpoints" / "checkpoint-000003" / WEIGHTS)))
+    saved = fingerprint(read_trainable(out / "checkpoints" / "checkpoint-000003"))
     assert len(prints) == 2 and prints[0] == prints[1] == saved
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
@@ -371,7 +376,8 @@ def test_ablation_with_ema_and_gradient_accumulation(env, tmp_path):
     assert export.config.attn2 == "off" and json.loads((result.checkpoint / EXPORT / "config.json").read_text())["ema"] is True
     raw = result.module.trainable_state_dict()
     moved = [k for k in export.motion if not torch.equal(export.motion[k], raw["unet." + k])]
-    assert moved  # the EMA weights, not the raw ones, are exported
+    assert moved  # the EMA weights, not the raw ones, are exported; the raw ones are kept apart for resuming
+    assert fingerprint(read_trainable(result.checkpoint)) == fingerprint(raw)
     assert json.loads((result.output_dir / "summary.json").read_text())["last"]["samples_per_s"] > 0
 
 
@@ -403,8 +409,9 @@ def test_validation_videos_every_k_steps(env, tmp_path):
     from nadm.io import read_video
 
     out = tmp_path / "val"
-    assert cli_train(env, out, "--max-steps", 2, "--validate-every", 1, "--set", "validation.steps=2", "--set", "validation.seeds=[0, 1]",
-                     "--set", 'validation.prompts=["mist over the river"]') == 0  # fmt: skip
+    settings = ("--set", "validation.steps=2", "--set", "validation.seeds=[0, 1]", "--set", 'validation.prompts=["mist over the river"]')
+    assert cli_train(env, out, "--max-steps", 2, "--validate-every", 1, "--checkpoint-every", 1, "--keep-checkpoints", 1, *settings) == 0
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-000002"]  # step 1's was pruned
     for step in (1, 2):
         videos = sorted((out / "validation" / f"step-{step:06d}").glob("*.mp4"))
         assert [v.name for v in videos] == ["prompt0-seed0.mp4", "prompt0-seed1.mp4"]

@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "mixed_precision": "run.mixed_precision",
     "gradient_checkpointing": "run.gradient_checkpointing",
     "checkpoint_every": "run.checkpoint_every",
+    "keep_checkpoints": "run.checkpoints_total_limit",
     "log_every": "run.log_every",
     "validate_every": "validation.every",
 }
@@ -55,14 +56,19 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), help="YAML config (see configs/).")
-@click.option("--preset", type=click.Choice(list(TRAIN_PRESETS)), help="Start from a preset: paper (default values) or a Table II-IV ablation.")
-@click.option("--base", help="Stable Diffusion 1.5 as a diffusers folder or hub id. [default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="YAML config (see configs/).")
+@click.option("--preset", type=click.Choice(list(TRAIN_PRESETS)),
+              help="Start from a preset: paper (the defaults) or a Table II-IV ablation.")
+@click.option("--base", help="Stable Diffusion 1.5: hub id, diffusers folder or single file. "
+              "[default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
 @click.option("--base-config", help="Component configs for a single-file base (diffusers folder or hub id).")
 @click.option("--data", help="Dataset ROOT (ROOT/videos + ROOT/captions.csv|jsonl).")
 @click.option("--latent-cache", help="Train on a latent cache (nadm.data.cache_latents) instead of decoding videos.")
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (config, logs, checkpoints).")
-@click.option("--init-motion", help="Initialise the motion module from an NADM checkpoint or AnimateDiff weights (folder, file or hub id).")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Run folder (config, logs, checkpoints).")
+@click.option("--init-motion",
+              help="Initial motion weights: an NADM checkpoint or AnimateDiff weights (folder, file or hub id).")
 @click.option("--max-steps", type=int, help="Optimisation steps. [paper: 40000]")
 @click.option("--resolution", type=int, help="Training resolution. [paper: 256]")
 @click.option("--frames", type=int, help="Frames per clip. [paper: 8]")
@@ -72,15 +78,18 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--lr", type=float, help="AdamW learning rate. [paper: 1e-5]")
 @click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps. [default: 0]")
 @click.option("--max-grad-norm", type=float, help="Gradient clipping norm, 0 for none. [default: 1.0]")
-@click.option("--ema/--no-ema", default=None, help="Keep an EMA of the trainable weights (exported instead of the raw ones).")
+@click.option("--ema/--no-ema", default=None,
+              help="Keep an EMA of the trainable weights (exported instead of the raw ones).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), help="[default: no]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
 @click.option("--seed", type=int, help="Seed of weights, data order, noise and timesteps. [default: 0]")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (also one at the end). [default: 1000]")
+@click.option("--keep-checkpoints", type=int, help="Keep only the newest K checkpoints. [default: all]")
 @click.option("--log-every", type=int, help="Steps between log records. [default: 10]")
 @click.option("--validate-every", type=int, help="Steps between validation videos, 0 for none. [default: 0]")
 @click.option("--num-workers", type=int, help="DataLoader worker processes. [default: 0]")
-@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE", help="Any other config value, e.g. --set loss.m=3.")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Any other config value, e.g. --set loss.m=3 (value read as YAML).")
 @click.option("--resume", help="Continue from 'latest' (in --output) or a checkpoint folder.")
 @click.option("--overwrite", is_flag=True, help="Delete an earlier run in --output and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
