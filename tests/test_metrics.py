@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -441,10 +440,23 @@ def test_compare_generates_reuses_and_tabulates(stand_in_pipeline, clip_dir, tmp
     assert code == 2 and "pass --overwrite" in stderr
 
 
-def test_compare_without_pipeline_is_a_clear_error(tmp_path, capsys):
-    if importlib.util.find_spec("nadm.pipeline") is not None:
-        pytest.skip("nadm.pipeline is installed, so its absence cannot be tested")
+def test_compare_with_the_real_pipeline_on_tiny_models(tmp_path, capsys):
+    """nadm compare end to end: NADM and the AnimateDiff baseline from the same tiny base, one table."""
+    from nadm.tiny import build_tiny_base, build_tiny_motion, tiny_motion_config
+
+    base = build_tiny_base(tmp_path / "base")
+    build_tiny_motion(tmp_path / "nadm")
+    build_tiny_motion(tmp_path / "animatediff", config=tiny_motion_config(attn2="versatile"))
     (tmp_path / "p.txt").write_text("a misty river\n")
-    code, _, stderr = _run_cli(["compare", "--motion", "nadm=ckpt", "--prompts", str(tmp_path / "p.txt"),
-                                "--out", str(tmp_path / "out"), "--metrics", "flicker"], capsys)
-    assert code == 2 and "nadm.pipeline" in stderr
+    code, stdout, stderr = _run_cli(["compare", "--motion", f"nadm={tmp_path / 'nadm'}", "--motion",
+                                     f"animatediff={tmp_path / 'animatediff'}", "--base", str(base), "--prompts",
+                                     str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--frames", "4",
+                                     "--height", "32", "--width", "32", "--steps", "2", "--metrics", "warp,flicker",
+                                     "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, stderr
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert set(results) == {"nadm", "animatediff"}
+    side = json.loads((tmp_path / "out" / "animatediff" / "0000_seed0.mp4.json").read_text())
+    assert side["settings"]["motion"]["kind"] == "animatediff"
+    assert json.loads((tmp_path / "out" / "nadm" / "0000_seed0.mp4.json").read_text())["settings"]["motion"]["kind"] == "nadm"
+    assert results["nadm"]["flicker"]["mean"] != results["animatediff"]["flicker"]["mean"]

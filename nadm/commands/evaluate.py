@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -402,8 +401,6 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
         resolve_weights(I3D_WEIGHTS, opt.weights_dir)
     if "is" in opt.metrics:
         resolve_weights(C3D_WEIGHTS, opt.weights_dir)
-    if importlib.util.find_spec("nadm.pipeline") is None:
-        raise NADMError("nadm compare needs nadm.pipeline (text-to-video generation), which this install lacks")
 
     # 2. generate, one checkpoint at a time
     for vs in sets:
