@@ -518,15 +518,12 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
     # 5. precision: frozen weights in the half type, trainable ones float32 (AMP); SD's VAE stays float32 in fp16
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     if weight_dtype != torch.float32 and not sharded:  # FSDP/DeepSpeed cast by their own mixed-precision policies
-        from diffusers.training_utils import cast_training_params
-
-        module.unet.to(dtype=weight_dtype)
-        cast_training_params(module, dtype=torch.float32)
+        _cast_frozen(module.unet, weight_dtype)
     for part in (parts.vae, parts.text_encoder):
         if part is not None:
             part.to(accelerator.device)
             if weight_dtype == torch.bfloat16 or (weight_dtype == torch.float16 and part is parts.text_encoder):
-                part.to(dtype=weight_dtype)
+                _cast_frozen(part, weight_dtype)
 
     # 6. AdamW (fused where torch has it) with linear warm-up, prepared by accelerate; optional EMA
     optimizer = torch.optim.AdamW(
@@ -677,7 +674,9 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
             "nadm_version": __version__,
             "step": state.step,
             "processes": accelerator.num_processes,
-            "distributed": str(accelerator.distributed_type),
+            "distributed": accelerator.distributed_type.value,
+            "mixed_precision": accelerator.mixed_precision,
+            "frozen_dtype": str(next(p.dtype for p in raw.unet.parameters() if not p.requires_grad)).removeprefix("torch."),
             "checkpoint": str(last_checkpoint) if last_checkpoint else None,
             "motion": str(last_checkpoint / EXPORT) if last_checkpoint else None,
             "rank_fingerprints": prints,
@@ -688,6 +687,14 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
             say(f"done at step {state.step}; motion weights: {last_checkpoint / EXPORT}")
     accelerator.wait_for_everyone()
     return TrainResult(out, state.step, last_checkpoint, history, raw)
+
+
+def _cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
+    """SD's frozen weights to `dtype` in place; the motion module (trainable, or frozen as unused, but exported
+    either way) and the adapter stay float32, the master copy autocast computes from."""
+    for name, p in module.named_parameters():
+        if not p.requires_grad and "motion_modules" not in name and p.is_floating_point():
+            p.data = p.data.to(dtype)
 
 
 def _hparams(cfg: TrainConfig) -> dict:

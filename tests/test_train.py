@@ -291,11 +291,12 @@ def _free_port() -> int:
 
 
 def test_two_processes_end_with_identical_weights(env, tmp_path):
-    """DDP on two CPU processes (gloo), launched as `accelerate launch` does on GPUs: torch's elastic launcher."""
+    """DDP on two CPU processes (gloo), launched as `accelerate launch` does on GPUs: torch's elastic launcher;
+    with bf16 autocast and gradient checkpointing (a fresh process: accelerate fixes the precision per process)."""
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
                "-m", "nadm", "train", "--config", str(env["config"]), "--base", str(env["base"]), "--data", str(env["data"]),
-               "-o", str(out), "--max-steps", "3", "--quiet"]  # fmt: skip
+               "-o", str(out), "--max-steps", "3", "--mixed-precision", "bf16", "--gradient-checkpointing", "--quiet"]  # fmt: skip
     environ = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -306,6 +307,8 @@ def test_two_processes_end_with_identical_weights(env, tmp_path):
     assert len(prints) == 2 and prints[0] == prints[1] == saved
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
+    assert (summary["distributed"], summary["mixed_precision"], summary["frozen_dtype"]) == ("MULTI_CPU", "bf16", "bfloat16")
+    assert all(v.dtype == torch.float32 for v in read_trainable(out / "checkpoints" / "checkpoint-000003").values())
     assert records[0]["samples_per_s"] == pytest.approx(2 * records[0]["steps_per_s"])  # one clip per process
 
 
