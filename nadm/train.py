@@ -534,7 +534,8 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
         weight_decay=o.weight_decay,
         fused=accelerator.device.type in ("cuda", "cpu", "xpu") and not sharded,
     )
-    lr_scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=o.max_steps)
+    schedule = "constant_with_warmup" if o.lr_scheduler == "constant" and o.warmup_steps else o.lr_scheduler
+    lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=o.max_steps)
     module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
     raw = accelerator.unwrap_model(module)
     trainable = [p for p in raw.parameters() if p.requires_grad]

@@ -366,9 +366,11 @@ def test_ablation_with_ema_and_gradient_accumulation(env, tmp_path):
     from nadm.checkpoint import load_checkpoint
     from nadm.train import build_module
 
-    cfg = tiny_config(env, **{"model.attn2": "off", "optim.max_steps": 2, "optim.ema": True, "optim.ema_decay": 0.5,
-                              "optim.gradient_accumulation_steps": 2})  # fmt: skip
+    cfg = tiny_config(env, **{"model.attn2": "off", "optim.max_steps": 3, "optim.ema": True, "optim.ema_decay": 0.5,
+                              "optim.gradient_accumulation_steps": 2, "optim.warmup_steps": 2})  # fmt: skip
     result = train(cfg, tmp_path / "run", progress=False)
+    assert [r["lr"] for r in result.history] == [0.0, 0.5e-3, 1e-3]  # linear warm-up over 2 steps, then constant
+    assert result.history[-1]["samples_per_s"] == pytest.approx(2 * result.history[-1]["steps_per_s"])  # 2 micro-batches
     set_seed(cfg.run.seed)
     _, _, fresh, unused = build_module(cfg, fresh=True, say=lambda m: None)
     assert unused and all(".attn2." in n or ".norm2." in n for n in unused)
