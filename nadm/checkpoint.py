@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from nadm import __version__
 from nadm.config import NADMConfig, from_dict, to_dict
 from nadm.errors import NADMError
+from nadm.io import move_into_place, staging_dir
 from nadm.motion import check_state_dict
 
 FORMAT = "nadm"
@@ -57,8 +57,7 @@ def save_checkpoint(
         raise NADMError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
     if not motion:
         raise ValueError("no motion-module weights to save")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nadm_version": __version__, "kind": config.kind}
         meta["config"] = to_dict(config)
@@ -68,17 +67,9 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in motion.items()}, str(tmp / MOTION_FILE))
         if noise_adapter is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in noise_adapter.items()}, str(tmp / ADAPTER_FILE))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
+        move_into_place(tmp, path, overwrite)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -455,15 +455,11 @@ def load_train_config(path) -> TrainConfig:
 
 def save_train_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML, with the nadm version in a comment, atomically."""
-    import os
-
     import yaml
 
     from nadm import __version__
+    from nadm.io import write_text_atomic
 
     text = f"# nadm {__version__} training config (resolved: defaults <- preset <- file <- flags)\n"
     text += yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)

@@ -16,12 +16,11 @@ the i-th decoded frame. Frames as arrays are `(N, H, W, 3) uint8` RGB; training 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import shutil
-import tempfile
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -35,7 +34,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nadm.errors import NADMError
-from nadm.io import MP4_CRF
+from nadm.io import MP4_CRF, move_into_place, staging_dir, write_text_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 CAPTION_FILES = ("captions.csv", "captions.jsonl")
@@ -189,18 +188,12 @@ def load_index(root: str | os.PathLike, captions_file: str | os.PathLike | None 
 
 def write_captions(file: str | os.PathLike, captions: dict[str, str]) -> Path:
     """Write a `video,caption` CSV sorted by video, atomically (temporary file + rename)."""
-    file = Path(file)
-    tmp = file.with_name(f".{file.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["video", "caption"])
-            for video in sorted(captions):
-                writer.writerow([video, captions[video]])
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["video", "caption"])
+    for video in sorted(captions):
+        writer.writerow([video, captions[video]])
+    return write_text_atomic(file, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ probing, decoding
@@ -496,27 +489,6 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
         raise NADMError(f"destination {dst} is not empty: pass --overwrite to replace its contents")
 
 
-def _make_staging(final: Path) -> Path:
-    """A new hidden folder beside `final` (same file system, so renaming it into place is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any new folder
-    return staging
-
-
-def _swap_into_place(staging: Path, dst: Path) -> None:
-    """Rename a finished staging folder to DST; an existing DST is moved aside first and deleted after."""
-    aside = None
-    if dst.exists():
-        aside = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, aside)
-    os.replace(staging, dst)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
 @dataclass
 class PrepareReport:
     """What `prepare_dataset` did: the clips written and every problem (file: message) it skipped."""
@@ -559,7 +531,7 @@ def prepare_dataset(
         raise NADMError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {source_root}")
 
     # 2. cut each video into a staging folder beside DST (renamed into place at the end: all or nothing)
-    staging = _make_staging(dst)
+    staging = staging_dir(dst)
     report = PrepareReport([], [], len(sources), 0, 0)
     listed = {source.relative_to(source_root).as_posix() for source in sources}
     for video in source_captions:
@@ -620,7 +592,7 @@ def prepare_dataset(
         settings = {"detector": detector, "threshold": used, "min_frames": min_frames}
         record = {"source": str(src.resolve()), "settings": settings, "clips": provenance, "problems": report.problems}
         (staging / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _swap_into_place(staging, dst)
+        move_into_place(staging, dst, overwrite=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -845,7 +817,7 @@ def cache_latents(
     out = Path(out_dir).expanduser()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise NADMError(f"{out} already exists: pass overwrite=True to replace it")
-    staging = _make_staging(out)
+    staging = staging_dir(out)
     try:
         # 1. the empty-caption embedding, swapped in for CFG dropout at training time
         empty = encode_text([""], tokenizer, text_encoder)[0].to(dtype).contiguous().cpu()  # (L, D)
@@ -883,7 +855,7 @@ def cache_latents(
             "clips": entries,
         }
         (staging / "cache.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out)
+        move_into_place(staging, out, overwrite=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from fractions import Fraction
 from importlib import metadata as importlib_metadata
@@ -190,7 +191,36 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file under a temporary name in its folder, then rename it into place (never half-written)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def staging_dir(final: Path) -> Path:
+    """A new hidden folder beside `final` (same file system, so renaming it into place is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+    return staging
+
+
+def move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
     """Rename tmp to final; an existing final (file or folder) is replaced only when overwrite is set."""
     if final.exists() or final.is_symlink():
         if not overwrite:
@@ -258,8 +288,8 @@ def write_video(
         tmp_sidecar.write_text(text + "\n", encoding="utf-8")
 
         # 4. rename both into place (the video first: a sidecar never describes a missing video)
-        _move_into_place(tmp, out, overwrite)
-        _move_into_place(tmp_sidecar, sidecar_path(out), overwrite)
+        move_into_place(tmp, out, overwrite)
+        move_into_place(tmp_sidecar, sidecar_path(out), overwrite)
     except OSError as e:
         raise NADMError(f"could not write {out}: {e.strerror or e}") from e
     finally:

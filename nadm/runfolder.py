@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from nadm.errors import NADMError
+from nadm.io import move_into_place
 
 RUN_CONFIG = "train_config.yaml"
 METRICS = "metrics.jsonl"
@@ -125,12 +126,7 @@ def write_checkpoint(accelerator, out: Path, step: int, write_contents) -> Path:
     accelerator.wait_for_everyone()
     # 3. into place
     if accelerator.is_main_process:
-        if final.exists():
-            aside = root / f".{name}.old"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(final, aside)
-            shutil.rmtree(aside)
-        os.replace(partial, final)
+        move_into_place(partial, final, overwrite=True)
     accelerator.wait_for_everyone()
     return final
 

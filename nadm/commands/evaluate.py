@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,17 +157,12 @@ def check_json_path(path: str | None, overwrite: bool) -> Path | None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from nadm.io import write_text_atomic
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as e:
         raise NADMError(f"could not write {path}: {e.strerror or e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
