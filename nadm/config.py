@@ -14,14 +14,19 @@ ATTN1_TYPES = ("versatile", "off")
 ATTN2_TYPES = ("sparse_causal", "versatile", "off")
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass `cls` from `data`; unknown keys fail with their names, tuples are restored from lists."""
+def check_keys(cls, data: Any, where: str) -> None:
+    """ValueError unless `data` is a mapping whose keys are all fields of dataclass `cls` (unknown ones named)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from `data`; unknown keys fail with their names, tuples are restored from lists."""
+    check_keys(cls, data, where)
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
@@ -361,12 +366,7 @@ TRAIN_SECTIONS = {
 
 def train_config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
     """A `TrainConfig` from a nested dict; each section goes through the strict `from_dict`."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    check_keys(TrainConfig, data, where)
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key in TRAIN_SECTIONS:
