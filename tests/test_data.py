@@ -377,16 +377,10 @@ def test_check_reports_problems_by_name(tmp_path, capsys):
 
 
 def tiny_encoders(tmp_path: Path):
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from nadm.tiny import tiny_components
 
-    from nadm.tiny import TINY_TEXT, TINY_VAE, save_tiny_tokenizer
-
-    tokenizer = save_tiny_tokenizer(tmp_path / "tokenizer")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**TINY_VAE).eval()
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT)).eval()
-    return vae, text_encoder, tokenizer
+    parts = tiny_components(tmp_path / "tokenizer")
+    return parts["vae"].eval(), parts["text_encoder"].eval(), parts["tokenizer"]
 
 
 def test_latent_cache_round_trip(tmp_path):

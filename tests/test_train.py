@@ -214,7 +214,6 @@ def test_short_run_logs_exports_and_keeps_sd_frozen(env, tmp_path, capsys):
     assert not any(p.requires_grad for n, p in result.module.unet.named_parameters() if "motion_modules" not in n)
     assert any(k.endswith("proj_out.weight") and v.abs().sum() > 0 for k, v in export.motion.items())
     # 4. the export samples with `nadm generate --motion`
-    pytest.importorskip("nadm.pipeline", reason="nadm.pipeline (nadm generate) has not landed")
     video_path = tmp_path / "clip.mp4"
     code = run_cli("generate", "stripes drifting", "--base", env["base"], "--motion", result.checkpoint / EXPORT, "-o", video_path,
                    "--frames", 4, "--height", 32, "--width", 32, "--steps", 2, "--seed", 0, "--no-interpolate", "--device", "cpu", "--quiet")  # fmt: skip
@@ -387,20 +386,11 @@ def test_ablation_with_ema_and_gradient_accumulation(env, tmp_path):
 
 
 def test_training_on_cached_latents(env, tmp_path):
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from nadm.data import DataConfig, cache_latents
-
-    base = env["base"]
-    cache = cache_latents(
-        DataConfig(root=env["data"], frames=4, stride=2, resolution=32),
-        AutoencoderKL.from_pretrained(base, subfolder="vae"),
-        CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
-        CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
-        tmp_path / "cache",
-        progress=False,
-    )
+    cache = tmp_path / "cache"
+    code = run_cli("data", "cache", env["data"], cache, "--base", env["base"], "--frames", 4, "--stride", 2,
+                   "--resolution", 32, "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 0 and (cache / "cache.json").is_file()
+    assert run_cli("data", "cache", env["data"], cache, "--base", env["base"], "--quiet") == 2  # never replaced silently
     cfg = tiny_config(env, **{"data.latent_cache": str(cache), "data.root": None, "optim.max_steps": 2})
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.step == 2 and all(np.isfinite(r["loss"]) for r in result.history)
@@ -410,7 +400,6 @@ def test_training_on_cached_latents(env, tmp_path):
 
 
 def test_validation_videos_every_k_steps(env, tmp_path):
-    pytest.importorskip("nadm.pipeline", reason="nadm.pipeline (validation sampling) has not landed")
     from nadm.io import read_video
 
     out = tmp_path / "val"

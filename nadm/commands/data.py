@@ -1,4 +1,4 @@
-"""`nadm data prepare|check`: build and verify an LPV-HD-style dataset (Sec. III-B); layout in docs/dataset.md."""
+"""`nadm data prepare|check|cache`: build, verify and pre-encode an LPV-HD-style dataset (Sec. III-B); docs/dataset.md."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _print_problems(problems: list[tuple[str, str]]) -> None:
 
 @click.group()
 def data() -> None:
-    """Build (prepare) and verify (check) a video dataset: ROOT/videos/... + ROOT/captions.csv."""
+    """Build (prepare), verify (check) and pre-encode (cache) a video dataset: ROOT/videos/... + captions."""
 
 
 @data.command()
@@ -87,3 +87,49 @@ def check(root: Path, frames: int, stride: int, captions_file: Path | None, quie
     if report.problems:
         # SystemExit, not ctx.exit: `nadm.cli.main` runs click with standalone_mode=False, which drops Exit codes
         sys.exit(1)
+
+
+@data.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--base", default=None, help="Stable Diffusion 1.5 whose VAE and text encoder encode the clips "
+              "(hub id, diffusers folder or single file). [default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
+@click.option("--base-config", default=None, help="Component configs for a single-file --base (diffusers folder).")
+@click.option("--frames", type=int, default=8, show_default=True, help="Frames per training clip.")
+@click.option("--stride", type=int, default=4, show_default=True, help="Frame stride of training clips.")
+@click.option("--resolution", type=int, default=256, show_default=True, help="Square training resolution.")
+@click.option("--clips-per-video", type=int, default=1, show_default=True,
+              help="Random clips cached per video (clip k is the one training epoch k would draw).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the clip sampling (use the run's).")
+@click.option("--captions", "captions_file", type=click.Path(path_type=Path), default=None,
+              help="Captions file other than ROOT/captions.csv|jsonl (e.g. a WebVid CSV).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def cache(root: Path, out: Path, base: str | None, base_config: str | None, frames: int, stride: int, resolution: int,
+          clips_per_video: int, seed: int, captions_file: Path | None, device: str, overwrite: bool, quiet: bool) -> None:
+    """Encode ROOT's training clips once with the frozen VAE and text encoder into OUT (for `nadm train
+    --latent-cache OUT`); both encoders are frozen in training (Sec. III-D3), so this saves their work every step."""
+    from nadm.base import DEFAULT_BASE, load_base
+    from nadm.data import DataConfig, VideoClipDataset, cache_latents
+    from nadm.errors import NADMError
+    from nadm.pipeline import resolve_device
+
+    # 1. everything about the request before the models load
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise NADMError(f"{out} already exists: pass --overwrite to replace it")
+    try:
+        config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution, seed=seed,
+                            captions_file=None if captions_file is None else str(captions_file))  # fmt: skip
+    except ValueError as e:
+        raise NADMError(str(e)) from None
+    dataset = VideoClipDataset(config)
+    dev = resolve_device(device)
+    # 2. the frozen encoders, in float32 (latents are cached in float32)
+    model = load_base(base or DEFAULT_BASE, config=base_config)
+    model.vae.to(dev)
+    model.text_encoder.to(dev)
+    # 3. encode
+    path = cache_latents(dataset, model.vae, model.text_encoder, model.tokenizer, out,
+                         clips_per_video=clips_per_video, overwrite=overwrite, progress=not quiet)  # fmt: skip
+    click.echo(f"cached {len(dataset)} video(s) x {clips_per_video} clip(s) to {path}")
