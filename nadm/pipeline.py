@@ -211,8 +211,6 @@ class NADMPipeline:
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
         progress: bool = True,
     ):
-        import torch
-
         if scheduler not in SCHEDULERS:
             raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         if not isinstance(decode_chunk, int) or decode_chunk < 1:

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from nadm import __version__
 from nadm.checkpoint import save_checkpoint

@@ -54,7 +54,7 @@ def prepare(
     or SRC/captions.jsonl are inherited by every clip of their video; other clips get an empty caption in
     DST/captions.csv to fill in. Unreadable videos are reported and skipped.
     """
-    from nadm.data import format_stats, prepare_dataset
+    from nadm.curate import format_stats, prepare_dataset
 
     report = prepare_dataset(
         src, dst, detector=detector, threshold=threshold, min_frames=min_frames, overwrite=overwrite, progress=not quiet
@@ -79,7 +79,7 @@ def prepare(
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check(root: Path, frames: int, stride: int, captions_file: Path | None, quiet: bool) -> None:
     """Check that every clip decodes, has a caption and is long enough; exit 1 if any problem is found."""
-    from nadm.data import check_dataset, format_stats
+    from nadm.curate import check_dataset, format_stats
 
     report = check_dataset(root, frames=frames, stride=stride, captions_file=captions_file, progress=not quiet)
     click.echo(format_stats(report.infos))
