@@ -112,15 +112,12 @@ def build_video_unet(unet2d, config: NADMConfig, motion_state_dict: dict[str, to
     strictly (`load_motion_state_dict`).
     """
     from diffusers import UNetMotionModel
-    from diffusers.utils import logging as diffusers_logging
+
+    from nadm.base import quiet_loading
 
     check_compatible(unet2d, config)
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # from_unet2d warns about a dtype cast it does itself
-    try:
+    with quiet_loading():  # from_unet2d warns about a dtype cast it does itself
         video_unet = UNetMotionModel.from_unet2d(unet2d, new_motion_adapter(config))
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
     if (video_unet.device, video_unet.dtype) != (unet2d.device, unet2d.dtype):
         video_unet.to(device=unet2d.device, dtype=unet2d.dtype)
     if motion_state_dict is not None:

@@ -101,21 +101,24 @@ def tiny_components(tokenizer_dir: str | Path, seed: int = 0) -> dict:
 
 def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
     """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from nadm.base import quiet_loading
 
     path = Path(path)
-    components = tiny_components(path / "tokenizer", seed)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
-    )
-    pipe = StableDiffusionPipeline(
-        **components,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
+    with quiet_loading():  # the library's import notes and shard-writing bars say nothing about a tiny model
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        components = tiny_components(path / "tokenizer", seed)
+        scheduler = DDIMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
+        )
+        pipe = StableDiffusionPipeline(
+            **components,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(path)
     return path
 
 
