@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say(f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     say(f"- machine: {machine()}; OpenCV threads: {cv2.getNumThreads()}")
-    say("- note: the machine is shared with other engineers' busy processes (tests, benchmarks), also during "
-        "this run (see the load averages), so timings are pessimistic and noisy; quality numbers are deterministic.")
+    say("- note: timings depend on what else the machine runs (see the load averages at start and end); "
+        "quality numbers are deterministic.")
     say("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     say(f"- data: {args.data}")
     for f, why in flows.items():
