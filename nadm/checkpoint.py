@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from nadm import __version__
 from nadm.config import NADMConfig, from_dict, to_dict
 from nadm.errors import NADMError
-from nadm.io import move_into_place, staging_dir
+from nadm.io import staged_folder
 from nadm.motion import check_state_dict
 
 FORMAT = "nadm"
@@ -57,8 +56,7 @@ def save_checkpoint(
         raise NADMError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
     if not motion:
         raise ValueError("no motion-module weights to save")
-    tmp = staging_dir(path)
-    try:
+    with staged_folder(path, overwrite) as tmp:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nadm_version": __version__, "kind": config.kind}
         meta["config"] = to_dict(config)
         if extra:
@@ -67,9 +65,6 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in motion.items()}, str(tmp / MOTION_FILE))
         if noise_adapter is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in noise_adapter.items()}, str(tmp / ADAPTER_FILE))
-        move_into_place(tmp, path, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

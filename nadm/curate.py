@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -37,7 +36,7 @@ from nadm.data import (
     write_captions,
 )
 from nadm.errors import NADMError
-from nadm.io import MP4_CRF, move_into_place, staging_dir
+from nadm.io import MP4_CRF, staged_folder
 
 DETECTOR_DEFAULTS = {"content": 27.0, "adaptive": 3.0}  # PySceneDetect's own default thresholds
 MIN_SCENE_LEN = 15  # frames; PySceneDetect's default: cuts closer than this are merged (flash suppression)
@@ -213,7 +212,6 @@ def prepare_dataset(
         raise NADMError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {source_root}")
 
     # 2. cut each video into a staging folder beside DST (renamed into place at the end: all or nothing)
-    staging = staging_dir(dst)
     report = PrepareReport([], [], len(sources), 0, 0)
     listed = {source.relative_to(source_root).as_posix() for source in sources}
     for video in source_captions:
@@ -222,7 +220,7 @@ def prepare_dataset(
     captions: dict[str, str] = {}
     provenance = []
     taken: set[str] = set()
-    try:
+    with staged_folder(dst, overwrite=True) as staging:
         for source in tqdm(sources, desc="prepare", unit="video", disable=not progress):
             rel = source.relative_to(source_root).as_posix()
             stem = PurePosixPath(rel).with_suffix("").as_posix()
@@ -274,10 +272,6 @@ def prepare_dataset(
         settings = {"detector": detector, "threshold": used, "min_frames": min_frames}
         record = {"source": str(src.resolve()), "settings": settings, "clips": provenance, "problems": report.problems}
         (staging / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        move_into_place(staging, dst, overwrite=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -33,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from nadm.errors import NADMError
-from nadm.io import move_into_place, staging_dir, write_text_atomic
+from nadm.io import staged_folder, write_text_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 CAPTION_FILES = ("captions.csv", "captions.jsonl")
@@ -520,8 +519,7 @@ def cache_latents(
     out = Path(out_dir).expanduser()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise NADMError(f"{out} already exists: pass overwrite=True to replace it")
-    staging = staging_dir(out)
-    try:
+    with staged_folder(out, overwrite=True) as staging:
         # 1. the empty-caption embedding, swapped in for CFG dropout at training time
         empty = encode_text([""], tokenizer, text_encoder)[0].to(dtype).contiguous().cpu()  # (L, D)
         save_file({"encoder_hidden_states": empty}, str(staging / "empty_caption.safetensors"))
@@ -558,10 +556,6 @@ def cache_latents(
             "clips": entries,
         }
         (staging / "cache.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        move_into_place(staging, out, overwrite=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -20,6 +20,7 @@ fps, frame count, size, format, the nadm version and the library versions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import uuid
 from fractions import Fraction
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -212,12 +213,18 @@ def _umask() -> int:
     return umask
 
 
-def staging_dir(final: Path) -> Path:
-    """A new hidden folder beside `final` (same file system, so renaming it into place is atomic)."""
+@contextlib.contextmanager
+def staged_folder(final: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a new hidden folder beside `final` to fill; on success it is renamed to `final` (atomic, same file
+    system; an existing `final` is replaced only with overwrite), on any error it is deleted."""
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
-    return staging
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
+        yield staging
+        move_into_place(staging, final, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:

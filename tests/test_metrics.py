@@ -64,27 +64,15 @@ def weights_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _byte_alphabet() -> list[str]:
-    """The 256 printable characters a byte-level BPE vocabulary uses for the bytes."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP (model + byte-level tokenizer + image processor) saved offline."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
-    from transformers import CLIPImageProcessorPil
+    from nadm.tiny import save_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("clip")
-    alphabet = _byte_alphabet()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    tokenizer.save_pretrained(folder)
+    tokenizer = save_tiny_tokenizer(folder)
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
