@@ -263,7 +263,7 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{model}, {cores} usable cores, load average at start {load}, {platform.system()} {platform.release()}"
+    return f"{model}, {cores} usable cores, load average {load}, {platform.system()} {platform.release()}"
 
 
 def _row(cells: list) -> str:
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     say("# Interpolation benchmark (paper Sec. III-E)")
     say()
     say(f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    say(f"- machine: {machine()}; OpenCV threads: {cv2.getNumThreads()}")
+    say(f"- machine (at start): {machine()}; OpenCV threads: {cv2.getNumThreads()}")
     say("- note: timings depend on what else the machine runs (see the load averages at start and end); "
         "quality numbers are deterministic.")
     say("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

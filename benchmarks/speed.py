@@ -25,7 +25,6 @@ import copy
 import datetime
 import gc
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -358,17 +357,10 @@ def fmt(value, spec: str = ".2f", unit: str = "") -> str:
 
 
 def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
+    """The CPU (as the interpolation benchmark describes it) and, on CUDA, the GPU, its CUDA and driver versions."""
+    from interpolation import machine as cpu_description  # benchmarks/interpolation.py, beside this script
 
-    text = f"CPU: {cpu}, {os.cpu_count()} cores"
+    text = f"CPU: {cpu_description()}"
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(0)
         text += f"; GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"

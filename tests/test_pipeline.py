@@ -27,13 +27,7 @@ PROMPT = "mountains in mist, ink wash"
 SMALL = dict(num_frames=4, height=32, width=48, steps=2)  # latents (1, 4, 4, 4, 6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: single-threaded tiny models
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ TINY_RUN = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: single-threaded tiny models
 
 
 def moving_clip(n: int, channel: int, speed: int, h: int = 40, w: int = 48) -> np.ndarray:
