@@ -48,6 +48,9 @@ DTYPE_NAMES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
 }  # fmt: skip
 SEED_LIMIT = 2**63
+# torch.compile modes for the video UNet (torch's own names): "reduce-overhead" adds CUDA graphs on CUDA,
+# "max-autotune" also tunes the matrix kernels (slow to compile).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class InvalidRequest(NADMError, ValueError):
@@ -111,11 +114,14 @@ def resolve_device(device: str | None = None):
 
 
 def resolve_dtype(dtype, device):
-    """`None`/'auto': float16 on CUDA, float32 on MPS and CPU; else float32, float16 or bfloat16 (or fp32/fp16/bf16)."""
+    """`None`/'auto': bfloat16 on CUDA (float16 where the GPU lacks it), float32 on MPS and CPU; else float32,
+    float16 or bfloat16 (or fp32/fp16/bf16)."""
     import torch
 
     if dtype in (None, "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     else:
@@ -155,6 +161,17 @@ def check_request(
         raise InvalidRequest(f"guidance must be a finite number >= 1 (1 turns classifier-free guidance off), got {guidance}")
     if seed is not None and (not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT):
         raise InvalidRequest(f"seed must be an integer in [0, 2**63), got {seed}")
+
+
+def check_compile(mode: str | None, cpu_offload: bool = False) -> str | None:
+    """None/'off' (eager) or one of COMPILE_MODES, refused with CPU offload (moving the UNet would recompile it)."""
+    if mode in (None, "off"):
+        return None
+    if mode not in COMPILE_MODES:
+        raise InvalidRequest(f"unknown compile mode {mode!r}: use off, {', '.join(COMPILE_MODES)}")
+    if cpu_offload:
+        raise InvalidRequest("compile and cpu_offload do not mix (moving the UNet between stages recompiles it): choose one")
+    return mode
 
 
 def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
@@ -209,12 +226,14 @@ class NADMPipeline:
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
+        compile: str | None = None,
         progress: bool = True,
     ):
         if scheduler not in SCHEDULERS:
             raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         if not isinstance(decode_chunk, int) or decode_chunk < 1:
             raise InvalidRequest(f"decode_chunk must be a positive integer, got {decode_chunk}")
+        compile = check_compile(compile, cpu_offload)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.video_unet, self.vae, self.text_encoder, self.tokenizer = video_unet, vae, text_encoder, tokenizer
@@ -234,6 +253,9 @@ class NADMPipeline:
         self.max_frames = int(video_unet.config.motion_max_seq_length)
         self.latent_channels = int(video_unet.config.in_channels)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.compile_mode = None
+        if compile is not None:
+            self.compile(compile)
 
     @classmethod
     def from_pretrained(
@@ -249,6 +271,7 @@ class NADMPipeline:
         vae_slicing: bool = False,
         vae_tiling: bool = False,
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
+        compile: str | None = None,
         progress: bool = True,
     ) -> "NADMPipeline":
         """Load SD 1.5 (+ LoRAs) and motion weights and build the NADM video UNet (Sec. III-D1, IV-A2).
@@ -264,6 +287,7 @@ class NADMPipeline:
             raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
+        check_compile(compile, cpu_offload)
         loras = tuple(_as_lora(item) for item in loras)
         # 2. motion weights (small; they fix the frame limit)
         if motion is None:
@@ -288,7 +312,7 @@ class NADMPipeline:
         return cls(
             video_unet, base_model.vae, base_model.text_encoder, base_model.tokenizer, weights.config,
             scheduler=scheduler, device=dev, dtype=torch_dtype, sources=sources, cpu_offload=cpu_offload,
-            vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, progress=progress,
+            vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, compile=compile, progress=progress,
         )  # fmt: skip
 
     def to(self, device=None, dtype=None) -> "NADMPipeline":
@@ -302,6 +326,19 @@ class NADMPipeline:
             if module.dtype != self.dtype:
                 module.to(dtype=self.dtype)
             module.to(home)
+        return self
+
+    def compile(self, mode: str = "default") -> "NADMPipeline":
+        """torch.compile the video UNet in place (one of COMPILE_MODES); the first clip at each size pays for compiling.
+
+        The UNet is the whole cost of sampling (25 guided passes per clip); the VAE decoder and the text encoder run
+        once per clip and stay eager.
+        """
+        mode = check_compile(mode, self.cpu_offload)
+        if mode is None:
+            raise InvalidRequest("compile needs a mode: " + ", ".join(COMPILE_MODES))
+        self.video_unet.compile(mode=mode)
+        self.compile_mode = mode
         return self
 
     # ------------------------------------------------------------------------------------------- stages
@@ -450,6 +487,7 @@ class NADMPipeline:
             "motion_config": to_dict(self.motion_config),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "compile": self.compile_mode,
             "memory": {
                 "cpu_offload": self.cpu_offload,
                 "vae_slicing": self.vae_slicing,

@@ -103,6 +103,7 @@ MISSING = "/nonexistent/nadm-test"
     ("base folder", ["--base", f"{MISSING}/sd15"], f"base model not found: {MISSING}/sd15"),
     ("base config", ["--base-config", f"{MISSING}/cfg"], "--base-config applies to single-file (.safetensors/.ckpt) base"),
     ("device", ["--device", "cuda:7"], "device 'cuda:7' is not available here"),
+    ("compile offload", ["--compile", "default", "--cpu-offload"], "compile and cpu_offload do not mix"),
     ("motion file", ["--motion", f"{MISSING}/mm.ckpt"], f"motion weights not found: {MISSING}/mm.ckpt"),
     ("lora file", ["--lora", f"{MISSING}/style.safetensors:0.7"], f"LoRA file not found: {MISSING}/style.safetensors"),
     ("prompts file", ["--prompts", f"{MISSING}/prompts.txt"], f"prompts file not found: {MISSING}/prompts.txt"),

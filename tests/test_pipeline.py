@@ -15,6 +15,7 @@ from nadm.errors import NADMError
 from nadm.pipeline import (
     InvalidRequest,
     NADMPipeline,
+    check_compile,
     check_request,
     default_fps,
     make_scheduler,
@@ -161,9 +162,12 @@ def test_bad_requests_are_refused_before_sampling(pipe, kwargs, message):
     assert isinstance(err.value, NADMError)  # the CLI prints it as one line
 
 
-def test_devices_and_dtypes():
+def test_devices_and_dtypes(monkeypatch):
     assert resolve_device("cpu").type == "cpu" and resolve_dtype(None, torch.device("cpu")) == torch.float32
-    assert resolve_dtype(None, torch.device("cuda")) == torch.float16 and resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    for bf16_ok, expected in ((True, torch.bfloat16), (False, torch.float16)):  # auto on CUDA: bf16 where the GPU has it
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, ok=bf16_ok, **k: ok)
+        assert resolve_dtype(None, torch.device("cuda")) == expected
     with pytest.raises(InvalidRequest, match="unsupported dtype 'int8'"):
         resolve_dtype("int8", torch.device("cpu"))
     with pytest.raises(InvalidRequest, match="unknown device 'gpu0'"):
@@ -393,3 +397,24 @@ def test_lora_changes_the_output_and_scale_zero_does_not(tiny, pipe, lora):
     assert with_lora.sources["base"]["loras"] == [{"path": str(lora["file"]), "scale": 1.0}]
     off = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], loras=[(lora["file"], 0.0)], progress=False)
     assert np.array_equal(_frames(off), ref)
+
+
+# ---------------------------------------------------------------------------------------------- speed
+
+
+def test_compiled_unet_gives_the_same_video(tiny, pipe):
+    fast = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], compile="default", progress=False)
+    got = fast(PROMPT, **{**SMALL, "seed": 0, "interpolate": False})
+    assert got.settings["compile"] == "default" and _frames(pipe).shape == got.keyframes.shape
+    assert np.abs(_frames(pipe).astype(int) - got.keyframes).max() <= 1  # inductor reorders float sums only
+    assert pipe(PROMPT, **{**SMALL, "seed": 0, "interpolate": False}).settings["compile"] is None
+
+
+def test_compile_modes_are_checked(tiny, pipe):
+    assert check_compile("off") is None and check_compile("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(InvalidRequest, match="unknown compile mode 'fast'"):
+        check_compile("fast")
+    with pytest.raises(InvalidRequest, match="compile and cpu_offload do not mix"):
+        NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], compile="default", cpu_offload=True)
+    with pytest.raises(InvalidRequest, match="compile needs a mode"):
+        pipe.compile("off")
