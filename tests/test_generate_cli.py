@@ -90,6 +90,7 @@ def test_generate_batch_from_a_prompts_file_without_interpolation(kept, tmp_path
 # ------------------------------------------------------------------------------------------- errors
 
 MISSING = "/nonexistent/nadm-test"
+FLAGS = ("--no-overwrite", "--cpu-offload")  # options without a value
 
 
 @pytest.mark.parametrize("name, args, message", [
@@ -113,15 +114,16 @@ MISSING = "/nonexistent/nadm-test"
 def test_errors_are_one_line_exit_2_and_touch_nothing(kept, tmp_path, name, args, message):
     _, root = kept
     opts = {"-o": str(tmp_path / "clip.mp4"), "--base": str(root / "base"), "--motion": str(root / "motion")}
-    extra = []
-    for i in range(0, len(args), 2):
-        if args[i] == "--no-overwrite":
+    extra, rest = [], iter(args)
+    for option in rest:
+        if option in FLAGS:
+            extra += [] if option == "--no-overwrite" else [option]
             continue
-        value = args[i + 1].replace("{tmp}", str(tmp_path))
-        if args[i] in opts:
-            opts[args[i]] = value
+        value = next(rest).replace("{tmp}", str(tmp_path))
+        if option in opts:
+            opts[option] = value
         else:
-            extra += [args[i], value]
+            extra += [option, value]
     out = Path(opts["-o"])
     out.write_bytes(b"precious")  # a previous result that must survive any failure
     overwrite = [] if "--no-overwrite" in args else ["--overwrite"]
