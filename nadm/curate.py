@@ -2,7 +2,7 @@
 
 `prepare_dataset` cuts every video under SRC at its scene changes (PySceneDetect) into clips in DST, carrying
 captions over; `check_dataset` verifies that every clip decodes, has a caption and is long enough; both print the
-paper's kind of statistics (`format_stats`). Layout and frame numbering as in `nadm.data`.
+paper's kind of statistics (`format_stats`). Layout as in `nadm.data`, frame numbering as in `nadm.decode`.
 """
 
 from __future__ import annotations
@@ -20,21 +20,15 @@ import numpy as np
 from tqdm import tqdm
 
 from nadm.data import (
-    _DECODE_ERRORS,
     CAPTION_FILES,
     VIDEO_EXTENSIONS,
-    VideoInfo,
-    _indexed_frames,
-    _open_video,
-    _rate,
-    count_frames,
     find_captions_file,
     find_videos,
-    probe_video,
     read_captions,
     videos_dir,
     write_captions,
 )
+from nadm.decode import DECODE_ERRORS, VideoInfo, count_frames, frame_rate, indexed_frames, open_video, probe_video
 from nadm.errors import NADMError
 from nadm.io import MP4_CRF, staged_folder
 
@@ -92,10 +86,10 @@ def detect_scenes(
         scene_detector = scenedetect.ContentDetector(threshold=threshold, min_scene_len=MIN_SCENE_LEN)
     else:
         scene_detector = scenedetect.AdaptiveDetector(adaptive_threshold=threshold, min_scene_len=MIN_SCENE_LEN)
-    container, stream = _open_video(Path(path))
+    container, stream = open_video(Path(path))
     with container:
-        rate = _rate(stream)  # this module's frame numbering, whatever rate PySceneDetect settles on
-    # PyAV directly (open_video would fall back to OpenCV silently); suppress_output keeps FFmpeg's log quiet
+        rate = frame_rate(stream)  # nadm.decode's frame numbering, whatever rate PySceneDetect settles on
+    # PyAV directly (scenedetect.open_video would fall back to OpenCV silently); suppress_output quiets FFmpeg's log
     video = scenedetect.VideoStreamAv(str(path), suppress_output=True)
     manager = scenedetect.SceneManager()
     manager.add_detector(scene_detector)
@@ -133,12 +127,12 @@ class _ClipWriter:
 def _write_scenes(path: Path, scenes: list[tuple[int, int, Path]]) -> list[VideoInfo]:
     """One decoding pass over `path` writing frames [start, end) of each scene to its own mp4."""
     infos: list[VideoInfo] = []
-    container, stream = _open_video(path)
+    container, stream = open_video(path)
     with container:
-        rate = _rate(stream)
+        rate = frame_rate(stream)
         writer: _ClipWriter | None = None
         k = 0
-        for number, frame in _indexed_frames(container, stream):
+        for number, frame in indexed_frames(container, stream):
             while k < len(scenes) and number >= scenes[k][1]:  # past the scene's end: finish its clip
                 if writer is not None:
                     writer.close()
@@ -230,7 +224,7 @@ def prepare_dataset(
             try:
                 stated = probe_video(source).frames
                 scenes = detect_scenes(source, detector, threshold)
-            except (NADMError, scenedetect.VideoOpenFailure, *_DECODE_ERRORS) as e:
+            except (NADMError, scenedetect.VideoOpenFailure, *DECODE_ERRORS) as e:
                 report.problems.append((rel, f"unreadable, skipped ({str(e).removeprefix(f'{source}: ')})"))
                 continue
             seen = scenes[-1][1] if scenes else 0
@@ -248,7 +242,7 @@ def prepare_dataset(
                 keep.append((start, end, staging / "videos" / clip))
             try:
                 infos = _write_scenes(source, keep) if keep else []
-            except (NADMError, *_DECODE_ERRORS) as e:
+            except (NADMError, *DECODE_ERRORS) as e:
                 for _, _, out in keep:
                     out.unlink(missing_ok=True)
                 reason = str(e).removeprefix(f"{source}: ")

@@ -1,16 +1,16 @@
 """LPV-HD-style video datasets (Sec. III-B) and the training clips drawn from them (Sec. IV-A1).
 
-Layout (docs/dataset.md has the full spec; curation -- scene cuts, checks -- is in `nadm.curate`)::
+Layout (docs/dataset.md has the full spec)::
 
     ROOT/videos/...            video files, any nesting
     ROOT/captions.csv          header `video,caption` (video relative to ROOT/videos), or
     ROOT/captions.jsonl        one {"video": ..., "caption": ...} object per line, or
     ROOT/captions.csv          WebVid's header `videoid,name,page_dir` -> ROOT/videos/<page_dir>/<videoid>.mp4
 
-Frame numbering everywhere in this module: frame i is the frame shown at time i / fps from the stream's start
-(its timestamp, rounded), so seeking, scene cuts and the sampler agree; for constant-rate video it is simply
-the i-th decoded frame. Frames as arrays are `(N, H, W, 3) uint8` RGB; training clips are
-`(frames, 3, R, R)` float tensors in [-1, 1].
+This module holds that layout and its captions files, and the training clips: `DataConfig` and
+`VideoClipDataset`. Probing and decoding the video files (and their frame numbering) is `nadm.decode`;
+curation -- scene cuts, checks -- is `nadm.curate`; the VAE/text-encoder latent cache is `nadm.latent_cache`.
+Training clips are `(frames, 3, R, R)` float tensors in [-1, 1].
 """
 
 from __future__ import annotations
@@ -18,26 +18,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path, PurePosixPath
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from nadm.decode import count_frames, probe_video, read_frames  # read_frames, count_frames: also nadm.data's API
 from nadm.errors import NADMError
-from nadm.io import staged_folder, write_text_atomic
+from nadm.io import write_text_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 CAPTION_FILES = ("captions.csv", "captions.jsonl")
-CACHE_FORMAT = 1
-_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError)
 
 
 # ------------------------------------------------------------------------------------------ layout, captions
@@ -192,170 +187,6 @@ def write_captions(file: str | os.PathLike, captions: dict[str, str]) -> Path:
     return write_text_atomic(file, buffer.getvalue())
 
 
-# ------------------------------------------------------------------------------------------ probing, decoding
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """A video's frame count, rate and size, as its container states them (or as decoding found them)."""
-
-    path: Path
-    frames: int
-    fps: float
-    width: int
-    height: int
-
-    @property
-    def duration(self) -> float:
-        """Seconds: frames / fps."""
-        return self.frames / self.fps
-
-
-def _rate(stream) -> Fraction:
-    """The stream's frame rate (average, else guessed); NADMError when it has none."""
-    rate = stream.average_rate or stream.guessed_rate
-    if not rate or rate <= 0:
-        raise NADMError("no frame rate in the stream")
-    return Fraction(rate)
-
-
-def _open_video(path: Path):
-    """(container, first video stream) opened with threaded decoding; NADMError if it is not a video."""
-    container = av.open(str(path))
-    if not container.streams.video:
-        container.close()
-        raise NADMError(f"{path}: no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    return container, stream
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Frame count, fps and size from the container header, without decoding (NADMError if unreadable)."""
-    path = Path(path)
-    try:
-        container, stream = _open_video(path)
-        with container:
-            rate = _rate(stream)
-            frames = stream.frames
-            if frames <= 0:  # some containers (webm, mkv) store no count: derive it from the duration
-                if stream.duration is not None and stream.time_base:
-                    seconds = Fraction(stream.duration) * stream.time_base
-                elif container.duration:
-                    seconds = Fraction(container.duration, av.time_base)
-                else:
-                    raise NADMError(f"{path}: no frame count or duration in the container")
-                frames = math.floor(seconds * rate)
-            return VideoInfo(path, int(frames), float(rate), stream.width, stream.height)
-    except NADMError as e:
-        raise NADMError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
-    except _DECODE_ERRORS as e:
-        raise NADMError(f"{path}: cannot read the video ({e})") from e
-
-
-def _indexed_frames(container, stream) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Decoded frames with their frame numbers (timestamp * fps, rounded; decode order when there is none)."""
-    rate = _rate(stream)
-    start = stream.start_time or 0
-    last = -1
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            last += 1
-        else:
-            last = round((frame.pts - start) * (frame.time_base or stream.time_base) * rate)
-        yield last, frame
-
-
-def count_frames(path: str | os.PathLike) -> int:
-    """Decode a whole video (no colour conversion) and count its frames; NADMError if decoding fails."""
-    path = Path(path)
-    count = 0
-    try:
-        container, stream = _open_video(path)
-        with container:
-            for _ in container.decode(stream):
-                count += 1
-    except NADMError:
-        raise
-    except _DECODE_ERRORS as e:
-        raise NADMError(f"{path}: decoding failed after {count} frames ({e})") from e
-    return count
-
-
-def read_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
-    """Only the frames `indices` of a video as `(len(indices), H, W, 3) uint8` RGB, seeking to the nearest
-    keyframe instead of decoding from the start (Sec. IV-A1's strided sampling)."""
-    path = Path(path)
-    wanted = sorted({int(i) for i in indices})
-    if not wanted or wanted[0] < 0:
-        raise ValueError(f"indices must be a non-empty list of frame numbers >= 0, got {list(indices)}")
-    try:
-        picked = _decode_picked(path, wanted, seek=True)
-        if picked is None:  # the demuxer seeked past the first wanted frame: decode from the start instead
-            picked = _decode_picked(path, wanted, seek=False)
-    except _DECODE_ERRORS as e:
-        raise NADMError(f"{path}: decoding failed ({e}); run `nadm data check` on the dataset") from e
-    missing = [i for i in wanted if i not in picked]
-    if missing:
-        raise NADMError(
-            f"{path}: the video ends before frame {missing[0]} (truncated, or shorter than its header says); "
-            "run `nadm data check` on the dataset"
-        )
-    return np.stack([picked[int(i)] for i in indices])
-
-
-def _decode_picked(path: Path, wanted: list[int], seek: bool) -> dict[int, np.ndarray] | None:
-    """{frame number: RGB} for the wanted numbers (the frame shown at that time); None if a seek overshot."""
-    container, stream = _open_video(path)
-    with container:
-        # 1. jump to the keyframe at or before the first wanted frame (decoding always restarts at a keyframe)
-        if seek and wanted[0] > 0:
-            target = (stream.start_time or 0) + math.floor(Fraction(wanted[0]) / _rate(stream) / stream.time_base)
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-        # 2. decode forward; each wanted number takes the last frame at or before it
-        picked: dict[int, np.ndarray] = {}
-        pending = list(wanted)
-        previous: tuple[int, av.VideoFrame] | None = None
-        converted: dict[int, np.ndarray] = {}
-
-        def rgb(number: int, frame: av.VideoFrame) -> np.ndarray:
-            if number not in converted:
-                converted[number] = frame.to_ndarray(format="rgb24")
-            return converted[number]
-
-        for number, frame in _indexed_frames(container, stream):
-            if previous is None and number > pending[0]:
-                if seek:
-                    return None
-                previous = (number, frame)  # from the start: the first frame is what is shown before it
-            while pending and pending[0] < number:
-                picked[pending.pop(0)] = rgb(*previous)
-            while pending and pending[0] == number:
-                picked[pending.pop(0)] = rgb(number, frame)
-            if not pending:
-                break
-            previous = (number, frame)
-        return picked
-
-
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """`(N, H, W, 3)` -> `(N, size, size, 3)` uint8: the centre square, scaled so the short side is `size`
-    (Sec. IV-A1's "resized and center-cropped")."""
-    import cv2
-
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (N, H, W, 3), got {tuple(frames.shape)}")
-    n, h, w, _ = frames.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    # cropping the centre square first and scaling it equals scaling the short side first, at less cost
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    out = np.empty((n, size, size, 3), np.uint8)
-    for k in range(n):
-        out[k] = cv2.resize(frames[k, top : top + side, left : left + side], (size, size), interpolation=interpolation)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ training data
 
 
@@ -394,10 +225,28 @@ class DataConfig:
         return asdict(self)
 
 
-def _listing(items: Sequence[str], limit: int = 5) -> str:
+def listing(items: Sequence[str], limit: int = 5) -> str:
     """'a, b, c and 7 more'."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """`(N, H, W, 3)` -> `(N, size, size, 3)` uint8: the centre square, scaled so the short side is `size`
+    (Sec. IV-A1's "resized and center-cropped")."""
+    import cv2
+
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (N, H, W, 3), got {tuple(frames.shape)}")
+    n, h, w, _ = frames.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    # cropping the centre square first and scaling it equals scaling the short side first, at less cost
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    out = np.empty((n, size, size, 3), np.uint8)
+    for k in range(n):
+        out[k] = cv2.resize(frames[k, top : top + side, left : left + side], (size, size), interpolation=interpolation)
+    return out
 
 
 class VideoClipDataset(Dataset):
@@ -418,11 +267,11 @@ class VideoClipDataset(Dataset):
             raise NADMError(f"the captions file of {config.root} lists no videos")
         missing = [str(c.path) for c in self.clips if not c.path.is_file()]
         if missing:
-            raise NADMError(f"{len(missing)} listed video(s) missing: {_listing(missing)}")
+            raise NADMError(f"{len(missing)} listed video(s) missing: {listing(missing)}")
         empty = [str(c.path) for c in self.clips if not c.caption]
         if empty and not config.allow_empty_captions:
             raise NADMError(
-                f"{len(empty)} video(s) have an empty caption: {_listing(empty)}; write them, "
+                f"{len(empty)} video(s) have an empty caption: {listing(empty)}; write them, "
                 "or set allow_empty_captions"
             )
         # 2. every video long enough for `frames` frames at `stride` (header counts; `nadm data check` decodes)
@@ -431,7 +280,7 @@ class VideoClipDataset(Dataset):
         if short:
             raise NADMError(
                 f"{len(short)} video(s) shorter than {config.frames} frames x stride {config.stride} = "
-                f"{config.min_frames} frames: {_listing(short)}; remove them or lower frames/stride"
+                f"{config.min_frames} frames: {listing(short)}; remove them or lower frames/stride"
             )
 
     def __len__(self) -> int:
@@ -470,167 +319,20 @@ class VideoClipDataset(Dataset):
         }
 
 
-# ------------------------------------------------------------------------------------------ latent cache
-
-
-@torch.no_grad()
-def encode_text(texts: Sequence[str], tokenizer, text_encoder) -> torch.Tensor:
-    """CLIP conditioning as Stable Diffusion uses it: last hidden state, (len(texts), max_length, dim)."""
-    ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
-
-
-@torch.no_grad()
-def encode_frames(pixel_values: torch.Tensor, vae, batch: int = 8) -> torch.Tensor:
-    """(frames, 3, R, R) in [-1, 1] -> VAE posterior means times `scaling_factor`, (frames, C, R/s, R/s)."""
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-        raise ValueError(f"pixel_values must be (frames, 3, R, R), got {tuple(pixel_values.shape)}")
-    pixels = pixel_values.to(vae.device, vae.dtype)
-    latents = [vae.encode(pixels[i : i + batch]).latent_dist.mode() for i in range(0, len(pixels), batch)]
-    return torch.cat(latents) * vae.config.scaling_factor
-
-
-def cache_latents(
-    data: VideoClipDataset | DataConfig,
-    vae,
-    text_encoder,
-    tokenizer,
-    out_dir: str | os.PathLike,
-    *,
-    clips_per_video: int = 1,
-    dtype: torch.dtype = torch.float32,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Encode K clips per video once with the frozen VAE and text encoder (Sec. III-D3 trains neither).
-
-    Writes OUT/empty_caption.safetensors ("encoder_hidden_states" of ""), OUT/clips/<i>_<k>.safetensors
-    ("latents" (frames, C, R/s, R/s) scaled by vae.config.scaling_factor, "encoder_hidden_states" (L, D)) and
-    OUT/cache.json. Clip k of video i is the clip epoch k of `VideoClipDataset` draws for it, so the cache
-    holds only K of the clips live decoding would sample. Latents are the VAE posterior means.
-    """
-    from safetensors.torch import save_file
-
-    dataset = data if isinstance(data, VideoClipDataset) else VideoClipDataset(data)
-    if clips_per_video < 1:
-        raise NADMError(f"clips_per_video must be >= 1, got {clips_per_video}")
-    out = Path(out_dir).expanduser()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise NADMError(f"{out} already exists: pass overwrite=True to replace it")
-    with staged_folder(out, overwrite=True) as staging:
-        # 1. the empty-caption embedding, swapped in for CFG dropout at training time
-        empty = encode_text([""], tokenizer, text_encoder)[0].to(dtype).contiguous().cpu()  # (L, D)
-        save_file({"encoder_hidden_states": empty}, str(staging / "empty_caption.safetensors"))
-        (staging / "clips").mkdir()
-        entries = []
-        latent_shape = None
-        # 2. per video: its caption once, then K clips through the VAE
-        for i in tqdm(range(len(dataset)), desc="cache latents", unit="video", disable=not progress):
-            clip = dataset.clips[i]
-            text = encode_text([clip.caption], tokenizer, text_encoder)[0].to(dtype).contiguous().cpu()
-            for k in range(clips_per_video):
-                frame_indices, _ = dataset.draw(i, epoch=k)
-                latents = encode_frames(dataset.load_clip(i, frame_indices), vae).to(dtype).contiguous().cpu()
-                latent_shape = latent_shape or list(latents.shape)
-                name = f"clips/{i:06d}_{k:03d}.safetensors"
-                save_file({"latents": latents, "encoder_hidden_states": text}, str(staging / name))
-                entries.append(
-                    {
-                        "file": name,
-                        "path": str(clip.path),
-                        "caption": clip.caption,
-                        "frame_indices": frame_indices.tolist(),
-                    }
-                )
-        # 3. the manifest, then the whole folder into place
-        manifest = {
-            "format": CACHE_FORMAT,
-            "data": dataset.config.to_dict(),
-            "clips_per_video": clips_per_video,
-            "scaling_factor": float(vae.config.scaling_factor),
-            "latent_shape": latent_shape,
-            "text_shape": list(empty.shape),
-            "dtype": str(dtype).replace("torch.", ""),
-            "clips": entries,
-        }
-        (staging / "cache.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return out
-
-
-class CachedLatentDataset(Dataset):
-    """Clips from a `cache_latents` folder, deterministic given (seed, epoch, index) like `VideoClipDataset`.
-
-    Item: {"latents": (frames, C, R/s, R/s) already times scaling_factor, "encoder_hidden_states": (L, D), the
-    empty caption's with probability `empty_caption_prob` (CFG dropout), "caption": str ("" when dropped),
-    "path": str}.
-    """
-
-    def __init__(self, cache_dir: str | os.PathLike, empty_caption_prob: float = 0.1, seed: int = 0):
-        from safetensors.torch import load_file
-
-        if not 0.0 <= empty_caption_prob <= 1.0:
-            raise ValueError(f"empty_caption_prob must be in [0, 1], got {empty_caption_prob!r}")
-        self.dir = Path(cache_dir).expanduser()
-        try:
-            self.manifest = json.loads((self.dir / "cache.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise NADMError(f"{self.dir} is not a latent cache (cache.json: {e})") from e
-        if self.manifest.get("format") != CACHE_FORMAT:
-            raise NADMError(f"{self.dir}: cache format {self.manifest.get('format')!r}, expected {CACHE_FORMAT}")
-        self.entries = self.manifest["clips"]
-        missing = [e["file"] for e in self.entries if not (self.dir / e["file"]).is_file()]
-        if missing:
-            raise NADMError(f"{self.dir}: {len(missing)} cached clip file(s) missing: {_listing(missing)}")
-        self.empty = load_file(str(self.dir / "empty_caption.safetensors"))["encoder_hidden_states"]
-        self.empty_caption_prob, self.seed, self.epoch = empty_caption_prob, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw epoch `epoch`'s caption dropout from now on."""
-        self.epoch = int(epoch)
-
-    def __getitem__(self, index: int) -> dict:
-        from safetensors.torch import load_file
-
-        if not 0 <= index < len(self):
-            raise IndexError(f"cached clip index {index} out of range 0..{len(self) - 1}")
-        entry = self.entries[index]
-        tensors = load_file(str(self.dir / entry["file"]))
-        latents, text = tensors["latents"], tensors["encoder_hidden_states"]
-        if list(latents.shape) != self.manifest["latent_shape"] or text.shape != self.empty.shape:
-            raise NADMError(f"{self.dir / entry['file']}: shapes {tuple(latents.shape)}, {tuple(text.shape)} differ "
-                            f"from the manifest's {self.manifest['latent_shape']}, {list(self.empty.shape)}")
-        drop = bool(np.random.default_rng([self.seed, self.epoch, index]).random() < self.empty_caption_prob)
-        return {
-            "latents": latents,
-            "encoder_hidden_states": self.empty.clone() if drop else text,
-            "caption": "" if drop else entry["caption"],
-            "path": entry["path"],
-        }
-
-
 __all__ = [
     "CAPTION_FILES",
     "VIDEO_EXTENSIONS",
-    "CachedLatentDataset",
     "Clip",
     "DataConfig",
     "VideoClipDataset",
-    "VideoInfo",
-    "cache_latents",
     "count_frames",
-    "encode_frames",
-    "encode_text",
     "find_captions_file",
     "find_videos",
+    "listing",
     "load_index",
-    "probe_video",
     "read_captions",
     "read_frames",
     "resize_center_crop",
+    "videos_dir",
     "write_captions",
 ]

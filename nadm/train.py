@@ -278,7 +278,8 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
 def make_dataset(config: TrainConfig):
     """Live clips from ROOT (`VideoClipDataset`) or cached latents (`CachedLatentDataset`), Sec. IV-A1."""
-    from nadm.data import CachedLatentDataset, DataConfig, VideoClipDataset
+    from nadm.data import DataConfig, VideoClipDataset
+    from nadm.latent_cache import CachedLatentDataset
 
     d = config.data
     if d.latent_cache is not None:
@@ -318,7 +319,7 @@ def batch_stream(loader, sampler: EpochShuffleSampler, dataset, accelerator, sta
 @torch.no_grad()
 def batch_inputs(batch: dict, parts, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """z_0 `(b, c, f, h, w)` (VAE means times the scaling factor) and tau(y) `(b, tokens, dim)` of a batch."""
-    from nadm.data import encode_frames, encode_text
+    from nadm.latent_cache import encode_frames, encode_text
 
     if "latents" in batch:  # cached: (b, f, c, h, w) already scaled
         latents, text = batch["latents"], batch["encoder_hidden_states"]

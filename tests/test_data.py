@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from nadm import data
+from nadm import data, decode, latent_cache
 from nadm.cli import main
 from nadm.errors import NADMError
 
@@ -154,27 +154,28 @@ def test_index_needs_one_captions_file(tmp_path):
 
 def test_read_frames_seeks_to_the_exact_frames(tmp_path):
     video = write_video(tmp_path / "idx.mp4", index_video(90), gop=10)  # B-frames and 9 keyframes
-    assert data.probe_video(video) == data.VideoInfo(video, 90, 25.0, W, H)
+    assert decode.probe_video(video) == decode.VideoInfo(video, 90, 25.0, W, H)
     wanted = [77, 3, 40, 41, 89, 40]
-    frames = data.read_frames(video, wanted)
+    frames = decode.read_frames(video, wanted)
     assert frames.shape == (6, H, W, 3) and frames.dtype == np.uint8
     assert [decode_index(f) for f in frames] == wanted
     with pytest.raises(NADMError, match="ends before frame 90"):
-        data.read_frames(video, [80, 90])
+        decode.read_frames(video, [80, 90])
+    assert data.read_frames is decode.read_frames and data.count_frames is decode.count_frames  # both APIs
 
 
 def test_read_frames_decodes_only_from_the_nearest_keyframe(tmp_path, monkeypatch):
     video = write_video(tmp_path / "long.mp4", index_video(200), gop=10)
     decoded = []
-    original = data._indexed_frames
+    original = decode.indexed_frames
 
     def counting(container, stream):
         for number, frame in original(container, stream):
             decoded.append(number)
             yield number, frame
 
-    monkeypatch.setattr(data, "_indexed_frames", counting)
-    frames = data.read_frames(video, [180, 184, 188])
+    monkeypatch.setattr(decode, "indexed_frames", counting)
+    frames = decode.read_frames(video, [180, 184, 188])
     assert [decode_index(f) for f in frames] == [180, 184, 188]
     assert min(decoded) >= 170 and len(decoded) <= 20  # from the keyframe at 180 (or the one before), not 0
 
@@ -298,9 +299,9 @@ def test_prepare_splits_scenes_and_carries_captions(tmp_path, capsys):
         "new-scene001.mp4": "",
     }
     # the cut is at frame 40; each clip is one scene in one colour
-    first = data.read_frames(dst / "videos" / "hills/cut-scene001.mp4", range(40))
-    second = data.read_frames(dst / "videos" / "hills/cut-scene002.mp4", range(40))
-    assert data.count_frames(dst / "videos" / "hills/cut-scene002.mp4") == 40
+    first = decode.read_frames(dst / "videos" / "hills/cut-scene001.mp4", range(40))
+    second = decode.read_frames(dst / "videos" / "hills/cut-scene002.mp4", range(40))
+    assert decode.count_frames(dst / "videos" / "hills/cut-scene002.mp4") == 40
     assert first[..., 0].mean() > 100 > first[..., 2].mean() and second[..., 2].mean() > 100 > second[..., 0].mean()
     assert "clips: 3" in out and "3 x 64x48" in out and "3 x 25 fps" in out and "videos: 5" in out
     assert "dropped shorter than 32 frames: 1" in out
@@ -387,32 +388,32 @@ def test_latent_cache_round_trip(tmp_path):
     root = index_dataset(tmp_path, [40, 36], captions=["misty river", "pine and rock"])
     config = data.DataConfig(root=root, frames=4, stride=2, resolution=32, seed=3)
     vae, text_encoder, tokenizer = tiny_encoders(tmp_path)
-    out = data.cache_latents(
+    out = latent_cache.cache_latents(
         config, vae, text_encoder, tokenizer, tmp_path / "cache", clips_per_video=2, progress=False
     )
 
     live = data.VideoClipDataset(config)
     manifest = json.loads((out / "cache.json").read_text())
     assert manifest["latent_shape"] == [4, 4, 4, 4] and manifest["clips_per_video"] == 2
-    cached = data.CachedLatentDataset(out, empty_caption_prob=0.0)
+    cached = latent_cache.CachedLatentDataset(out, empty_caption_prob=0.0)
     assert len(cached) == 4
     for n in range(4):
         i, k = divmod(n, 2)
         item = cached[n]
         frame_indices, _ = live.draw(i, epoch=k)  # cached clip k of video i = what epoch k draws
-        expected = data.encode_frames(live.load_clip(i, frame_indices), vae)
+        expected = latent_cache.encode_frames(live.load_clip(i, frame_indices), vae)
         assert item["latents"].shape == (4, 4, 4, 4)
         torch.testing.assert_close(item["latents"], expected)
-        text = data.encode_text([live.clips[i].caption], tokenizer, text_encoder)[0]
+        text = latent_cache.encode_text([live.clips[i].caption], tokenizer, text_encoder)[0]
         assert item["encoder_hidden_states"].shape == (77, 32)
         torch.testing.assert_close(item["encoder_hidden_states"], text)
         assert item["caption"] == live.clips[i].caption and item["path"] == str(live.clips[i].path)
     # CFG dropout swaps in the cached empty-caption embedding
-    empty = data.encode_text([""], tokenizer, text_encoder)[0]
-    dropped = data.CachedLatentDataset(out, empty_caption_prob=1.0)[0]
+    empty = latent_cache.encode_text([""], tokenizer, text_encoder)[0]
+    dropped = latent_cache.CachedLatentDataset(out, empty_caption_prob=1.0)[0]
     torch.testing.assert_close(dropped["encoder_hidden_states"], empty)
     assert dropped["caption"] == "" and not torch.allclose(empty, cached[0]["encoder_hidden_states"])
-    rate = data.CachedLatentDataset(out, empty_caption_prob=0.1)
+    rate = latent_cache.CachedLatentDataset(out, empty_caption_prob=0.1)
     drops = []
     for epoch in range(300):
         rate.set_epoch(epoch)
@@ -420,4 +421,23 @@ def test_latent_cache_round_trip(tmp_path):
     assert abs(np.mean(drops) - 0.1) < 0.04
     # never replaced without overwrite
     with pytest.raises(NADMError, match="already exists"):
-        data.cache_latents(config, vae, text_encoder, tokenizer, out, progress=False)
+        latent_cache.cache_latents(config, vae, text_encoder, tokenizer, out, progress=False)
+
+
+def test_data_cache_command(tmp_path, capsys):
+    from nadm.tiny import build_tiny_base
+
+    root = index_dataset(tmp_path, [40, 36])
+    base = build_tiny_base(tmp_path / "base")
+    out = tmp_path / "cache"
+    args = ["data", "cache", str(root), str(out), "--base", str(base), "--frames", "4", "--stride", "2",
+            "--resolution", "32", "--clips-per-video", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "cached 2 video(s) x 2 clip(s)" in stdout
+    cached = latent_cache.CachedLatentDataset(out)
+    assert len(cached) == 4 and cached[0]["latents"].shape == (4, 4, 4, 4)
+    assert cached.manifest["data"]["frames"] == 4 and cached.manifest["data"]["stride"] == 2
+    # a second run refuses to replace OUT: one line, exit 2, before any model loads
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1

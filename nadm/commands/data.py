@@ -111,8 +111,9 @@ def cache(root: Path, out: Path, base: str | None, base_config: str | None, fram
     """Encode ROOT's training clips once with the frozen VAE and text encoder into OUT (for `nadm train
     --latent-cache OUT`); both encoders are frozen in training (Sec. III-D3), so this saves their work every step."""
     from nadm.base import DEFAULT_BASE, load_base
-    from nadm.data import DataConfig, VideoClipDataset, cache_latents
+    from nadm.data import DataConfig, VideoClipDataset
     from nadm.errors import NADMError
+    from nadm.latent_cache import cache_latents
     from nadm.pipeline import resolve_device
 
     # 1. everything about the request before the models load
