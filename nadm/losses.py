@@ -71,8 +71,8 @@ def noise_contrastive_loss(embeddings: torch.Tensor, tau: float = 0.07, m: int =
     per_pair = torch.where(has_neg[:, None], F.softplus(neg_lse - logits), torch.zeros_like(logits))
     pos = pos & anchors[:, None]
     per_anchor = (per_pair * pos).sum(-1) / pos.sum(-1).clamp(min=1)  # (b, n): mean over each anchor's positives
-    # 5. Mean over the N-1 anchors (Eq. 11), then over the batch.
-    return per_anchor[:, anchors].mean()
+    # 5. Mean over the N-1 anchors, frames 1..N-1 (Eq. 11), then over the batch (a slice: no device sync).
+    return per_anchor[:, : n - 1].mean()
 
 
 def diffusion_loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
