@@ -433,19 +433,26 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     if init is not None and init.noise_adapter is not None:
         load_noise_adapter(adapter, init.noise_adapter)
         say(f"noise adapter initialised from {init.source}")
-    module = NADMTrainModule(video_unet, adapter)
     # 4. freeze SD; then also the motion parameters no gradient reaches under these attention types
-    freeze_for_training(video_unet, adapter)
+    module, unused = trainable_module(video_unet, adapter, cfg.run.gradient_checkpointing)
     for part in (parts.vae, parts.text_encoder):
         if part is not None:
             part.requires_grad_(False).eval()
+    return cfg, parts, module, unused
+
+
+def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: bool = False):
+    """The module nadm trains (Sec. III-D3): SD frozen, motion modules and noise adapter trainable, except the
+    motion parameters no gradient reaches under the configured attention types. Returns (module, their names)."""
+    module = NADMTrainModule(video_unet, adapter)
+    freeze_for_training(video_unet, adapter)
     unused = unused_trainable_parameters(module)
     for name, p in module.named_parameters():
         if name in unused:
             p.requires_grad_(False)
-    if cfg.run.gradient_checkpointing:
+    if gradient_checkpointing:
         video_unet.enable_gradient_checkpointing()
-    return cfg, parts, module, unused
+    return module, unused
 
 
 def _trainable_weights(accelerator, module, ema=None, trainable=None) -> dict[str, torch.Tensor]:
@@ -519,12 +526,12 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
     # 5. precision: frozen weights in the half type, trainable ones float32 (AMP); SD's VAE stays float32 in fp16
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     if weight_dtype != torch.float32 and not sharded:  # FSDP/DeepSpeed cast by their own mixed-precision policies
-        _cast_frozen(module.unet, weight_dtype)
+        cast_frozen(module.unet, weight_dtype)
     for part in (parts.vae, parts.text_encoder):
         if part is not None:
             part.to(accelerator.device)
             if weight_dtype == torch.bfloat16 or (weight_dtype == torch.float16 and part is parts.text_encoder):
-                _cast_frozen(part, weight_dtype)
+                cast_frozen(part, weight_dtype)
 
     # 6. AdamW (fused where torch has it) with linear warm-up, prepared by accelerate; optional EMA
     optimizer = torch.optim.AdamW(
@@ -691,7 +698,7 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
     return TrainResult(out, state.step, last_checkpoint, history, raw)
 
 
-def _cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
+def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
     """SD's frozen weights to `dtype` in place; the motion module (trainable, or frozen as unused, but exported
     either way) and the adapter stay float32, the master copy autocast computes from."""
     for name, p in module.named_parameters():
