@@ -4,15 +4,18 @@ Builds Stable Diffusion 1.5's published architecture with random weights (nadm.s
 modules, and measures in one run, side by side:
 
 1. generation: seconds per video, peak GPU memory and the UNet's achieved TFLOP/s (FLOPs counted with
-   torch.utils.flop_counter) for nadm's pipeline and for diffusers' `AnimateDiffPipeline` (fp16 + SDPA) with the
-   same weights, at the paper's setting (8 frames, 256x256, 25 DDIM steps, guidance 8) and at 16 frames 512x512;
-   a quality check compares nadm's frames with its unoptimised fp32 path;
-2. a training step (batch 1) at 8 frames 256x256 and 16 frames 512x512: nadm's step (both losses, cached latents)
-   against a plain diffusers `UNetMotionModel` step with fp16 autocast (VAE and text encoder run every step);
+   torch.utils.flop_counter) for nadm's pipeline (bf16; eager, torch.compile, torch.compile with CUDA graphs) and
+   for diffusers' `AnimateDiffPipeline` (fp16 + SDPA) with the same weights, at the paper's setting (8 frames,
+   256x256, 25 DDIM steps, guidance 8) and at 16 frames 512x512; the quality check compares every nadm variant
+   with nadm's float32 eager path (one UNet pass and the whole clip) and makes the script exit 1 on failure;
+2. a training step (batch 1) at 8 frames 256x256 and 16 frames 512x512: nadm's step as `nadm train` builds it
+   (both losses, cached latents, bf16, fused AdamW), with and without gradient checkpointing, against a plain
+   diffusers `UNetMotionModel` step with fp16 autocast (VAE and text encoder run every step);
 3. SOFP throughput: `dis` on the CPU and `raft` on the GPU where torchvision is installed, at 512x512.
 
-    python benchmarks/speed.py                 # on a GPU machine: the real sizes -> benchmarks/results/speed.md
-    python benchmarks/speed.py --tiny          # proves the harness on tiny models on the CPU
+    python benchmarks/speed.py                        # on a GPU machine: the real sizes -> benchmarks/results/speed.md
+    python benchmarks/speed.py --only gen:paper,sofp  # a part, merged into earlier results from the same GPU
+    python benchmarks/speed.py --tiny                 # proves the harness on tiny models on the CPU
 
 On a CPU (or with --tiny) every GPU figure is written as "not yet measured": only the tiny harness proof and its
 ratios are real there, and absolute CPU times say nothing about a GPU.
@@ -45,8 +48,17 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0}  # fmt: skip
 
 
+# nadm's generation variants: name -> torch.compile mode of the video UNet (None: eager)
+NADM_VARIANTS = {"eager": None, "compile": "default", "compile+cudagraphs": "reduce-overhead"}
+# Quality check (issue 7): the optimised path against nadm's float32 eager path with the same seed
+UNET_REL_ERR_MAX = 2e-2  # one guided UNet pass: relative L2 error (bf16 keeps 8 mantissa bits)
+FRAMES_MIN_PSNR = 30.0  # whole clips after 25 steps, dB
+TRAIN_MEMORY_TARGET_GB = 12.0  # decimal GB, as the issue states it
+
+
 @dataclass(frozen=True)
 class GenSetting:
+    key: str
     name: str
     frames: int
     size: int
@@ -56,16 +68,17 @@ class GenSetting:
 
 @dataclass(frozen=True)
 class TrainSetting:
+    key: str
     name: str
     frames: int
     size: int
     batch: int = 1
 
 
-FULL_GEN = (GenSetting("paper (8 f, 256 px)", 8, 256), GenSetting("common (16 f, 512 px)", 16, 512))
-FULL_TRAIN = (TrainSetting("paper (8 f, 256 px)", 8, 256), TrainSetting("16 f, 512 px", 16, 512))
-TINY_GEN = (GenSetting("tiny (4 f, 64 px)", 4, 64, steps=3),)
-TINY_TRAIN = (TrainSetting("tiny (4 f, 64 px)", 4, 64),)
+FULL_GEN = (GenSetting("paper", "paper (8 f, 256 px)", 8, 256), GenSetting("common", "common (16 f, 512 px)", 16, 512))
+FULL_TRAIN = (TrainSetting("paper", "paper (8 f, 256 px)", 8, 256), TrainSetting("common", "16 f, 512 px", 16, 512))
+TINY_GEN = (GenSetting("tiny", "tiny (4 f, 64 px)", 4, 64, steps=3),)
+TINY_TRAIN = (TrainSetting("tiny", "tiny (4 f, 64 px)", 4, 64),)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -105,15 +118,14 @@ def build_models(tiny: bool, tokenizer_dir: Path) -> Models:
     return Models(unet2d, vae, text_encoder, tokenizer, config, dict(adapter.state_dict()))
 
 
-def nadm_pipeline(models: Models, device: str, dtype: torch.dtype, config: NADMConfig | None = None):
+def nadm_pipeline(models: Models, device: str, dtype: torch.dtype, compile: str | None = None):
     """nadm's pipeline on private copies of the models (pipelines cast their modules in place)."""
     from nadm.motion import build_video_unet
     from nadm.pipeline import NADMPipeline
 
-    config = config or models.config
-    video_unet = build_video_unet(copy.deepcopy(models.unet2d), config, models.motion)
+    video_unet = build_video_unet(copy.deepcopy(models.unet2d), models.config, models.motion)
     return NADMPipeline(video_unet, copy.deepcopy(models.vae), copy.deepcopy(models.text_encoder), models.tokenizer,
-                        config, device=device, dtype=dtype, progress=False)  # fmt: skip
+                        models.config, device=device, dtype=dtype, compile=compile, progress=False)  # fmt: skip
 
 
 def diffusers_pipeline(models: Models, device: str, dtype: torch.dtype):
@@ -186,43 +198,46 @@ def free(*objs) -> None:
 # ------------------------------------------------------------------------------------------------ 1. generation
 
 
-def bench_generation(models: Models, s: GenSetting, device: str, repeats: int) -> dict:
-    """nadm vs AnimateDiffPipeline at one setting: seconds/video, peak memory, UNet TFLOP/s, quality check."""
+def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, variants: list[str]) -> dict:
+    """nadm (each variant) vs AnimateDiffPipeline at one setting: seconds/video, peak memory, UNet TFLOP/s, quality."""
     from nadm.motion import predict_noise
 
     on_gpu = device.startswith("cuda")
     fast_dtype = torch.bfloat16 if on_gpu else torch.float32
-    row: dict = {"setting": s.name}
+    result: dict = {"setting": s.name, "nadm": []}
     prompt, seed = "a misty Chinese ink landscape, clouds drifting over mountains", 0
-
-    # 1. nadm, its default fast path (bf16 on the GPU), no interpolation (timed separately in section 3)
-    pipe = nadm_pipeline(models, device, fast_dtype)
-    call = lambda: pipe(prompt, num_frames=s.frames, height=s.size, width=s.size, steps=s.steps,  # noqa: E731
-                        guidance=s.guidance, seed=seed, interpolate=False)  # fmt: skip
-    row["nadm_s"], row["nadm_peak_gib"], fast = measure(call, device, repeats)
-    latents_hw = s.size // pipe.vae_scale
-    x = torch.randn(2, 4, s.frames, latents_hw, latents_hw, device=device, dtype=fast_dtype)
-    text = torch.randn(2, 77, models.text_encoder.config.hidden_size, device=device, dtype=fast_dtype)
+    kwargs = dict(num_frames=s.frames, height=s.size, width=s.size, steps=s.steps, guidance=s.guidance, seed=seed, interpolate=False)
+    h = s.size // 8
+    x = torch.randn(2, 4, s.frames, h, h, generator=torch.Generator().manual_seed(0)).to(device)  # one guided pass
+    text = torch.randn(2, 77, models.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1)).to(device)
     t = torch.tensor(500, device=device)
-    flops = unet_flops(lambda *a: predict_noise(pipe.video_unet, *a), (x, t, text), {})
-    with torch.no_grad():
-        unet_s, _, eps_fast = measure(lambda: predict_noise(pipe.video_unet, x, t, text), device, repeats)
-    row["unet_tflops"] = flops / unet_s / 1e12
-    row["unet_gflop_per_step"] = flops / 1e9
-    free(pipe)
 
-    # 2. quality: the same seed through nadm's unoptimised path (fp32) gives the same frames within bf16 tolerance
+    # 1. the reference: nadm's unoptimised path (eager, float32); its UNet FLOPs are every variant's FLOPs
     ref_pipe = nadm_pipeline(models, device, torch.float32)
-    ref = ref_pipe(prompt, num_frames=s.frames, height=s.size, width=s.size, steps=s.steps, guidance=s.guidance,
-                   seed=seed, interpolate=False)  # fmt: skip
-    with torch.no_grad():
-        eps_ref = predict_noise(ref_pipe.video_unet, x.float(), t, text.float())
-    row["unet_rel_err"] = ((eps_fast.float() - eps_ref).norm() / eps_ref.norm()).item()
-    diff = np.abs(fast.frames.astype(np.float32) - ref.frames.astype(np.float32))
-    row["frames_mae"] = float(diff.mean())
-    mse = float((diff**2).mean())
-    row["frames_psnr"] = None if mse == 0 else float(10 * np.log10(255.0**2 / mse))  # None: bitwise identical
+    ref = ref_pipe(prompt, **kwargs)
+    flops = unet_flops(lambda *a: predict_noise(ref_pipe.video_unet, *a), (x, t, text), {})
+    with torch.inference_mode():
+        eps_ref = predict_noise(ref_pipe.video_unet, x, t, text).float()
+    result["unet_gflop_per_step"] = flops / 1e9
     free(ref_pipe)
+
+    # 2. nadm's variants (bf16 on the GPU): seconds per video, peak memory, UNet throughput, and the quality check
+    for name in variants:
+        pipe = nadm_pipeline(models, device, fast_dtype, compile=NADM_VARIANTS[name])
+        call = lambda: pipe(prompt, **kwargs)  # noqa: E731
+        row: dict = {"variant": name, "dtype": str(fast_dtype).removeprefix("torch.")}
+        row["s"], row["peak_gib"], fast = measure(call, device, repeats)  # the warm-up call compiles
+        xf, textf = x.to(fast_dtype), text.to(fast_dtype)
+        with torch.inference_mode():  # as the pipeline samples (a grad-mode change would recompile)
+            unet_s, _, _ = measure(lambda: predict_noise(pipe.video_unet, xf, t, textf), device, repeats)
+            eps = predict_noise(pipe.video_unet, xf, t, textf).float().clone()  # cloned: CUDA graphs reuse outputs
+        row["unet_tflops"] = flops / unet_s / 1e12
+        row["unet_rel_err"] = ((eps - eps_ref).norm() / eps_ref.norm()).item()
+        mse = float(((fast.frames.astype(np.float32) - ref.frames.astype(np.float32)) ** 2).mean())
+        row["frames_psnr"] = None if mse == 0 else float(10 * np.log10(255.0**2 / mse))  # None: bitwise identical
+        row["quality_ok"] = quality_ok(row)
+        result["nadm"].append(row)
+        free(pipe)
 
     # 3. diffusers' AnimateDiffPipeline, fp16 + SDPA (its standard GPU recipe; fp32 on the CPU, where fp16 is slow)
     base_dtype = torch.float16 if on_gpu else torch.float32
@@ -230,34 +245,43 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int) -
     generator = lambda: torch.Generator("cpu").manual_seed(seed)  # noqa: E731
     dcall = lambda: dpipe(prompt, num_frames=s.frames, height=s.size, width=s.size, num_inference_steps=s.steps,  # noqa: E731
                           guidance_scale=s.guidance, generator=generator(), output_type="np")  # fmt: skip
-    row["diffusers_s"], row["diffusers_peak_gib"], _ = measure(dcall, device, repeats)
-    xd, textd = x.to(base_dtype), text.to(base_dtype)
-    text_per_frame = textd.repeat_interleave(s.frames, dim=0)
-    dflops = unet_flops(dpipe.unet, (xd, t), {"encoder_hidden_states": text_per_frame})
-    with torch.no_grad():
-        dunet_s, _, _ = measure(lambda: dpipe.unet(xd, t, encoder_hidden_states=text_per_frame), device, repeats)
-    row["diffusers_unet_tflops"] = dflops / dunet_s / 1e12
+    d: dict = {"dtype": str(base_dtype).removeprefix("torch.")}
+    d["s"], d["peak_gib"], _ = measure(dcall, device, repeats)
+    xd, textd = x.to(base_dtype), text.to(base_dtype).repeat_interleave(s.frames, dim=0)  # diffusers: text per frame
+    d["unet_gflop_per_step"] = unet_flops(dpipe.unet, (xd, t), {"encoder_hidden_states": textd}) / 1e9
+    with torch.inference_mode():
+        dunet_s, _, _ = measure(lambda: dpipe.unet(xd, t, encoder_hidden_states=textd), device, repeats)
+    d["unet_tflops"] = d["unet_gflop_per_step"] / 1e3 / dunet_s
+    result["diffusers"] = d
     free(dpipe)
-    row["speedup"] = row["diffusers_s"] / row["nadm_s"]
-    return row
+    for row in result["nadm"]:
+        row["speedup"] = d["s"] / row["s"]
+    return result
+
+
+def quality_ok(row: dict) -> bool:
+    """The optimised path matches the float32 eager one within bf16 tolerance (issue 7: quality does not move)."""
+    return row["unet_rel_err"] <= UNET_REL_ERR_MAX and (row["frames_psnr"] is None or row["frames_psnr"] >= FRAMES_MIN_PSNR)
 
 
 # ------------------------------------------------------------------------------------------------ 2. training
 
 
 def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -> dict:
-    """nadm's training step (cached latents, bf16, checkpointing, fused AdamW) vs a plain fp16 UNetMotionModel step."""
+    """nadm's training step as `nadm train` builds it (with and without gradient checkpointing) vs a plain fp16
+    UNetMotionModel step: seconds per step and peak memory."""
     from types import SimpleNamespace
 
     from diffusers import DDPMScheduler, MotionAdapter, UNetMotionModel
 
     from nadm.losses import NoiseAdapter
-    from nadm.motion import build_video_unet, freeze_for_training
+    from nadm.motion import build_video_unet
     from nadm.pipeline import PAPER_SCHEDULE
-    from nadm.train import NADMTrainModule, training_step
+    from nadm.train import cast_frozen, trainable_module, training_step
 
     on_gpu = device.startswith("cuda")
-    row: dict = {"setting": s.name}
+    kind = device.split(":")[0]
+    result: dict = {"setting": s.name, "nadm": []}
     scheduler = DDPMScheduler(**{k: v for k, v in PAPER_SCHEDULE.items() if k not in ("timestep_spacing", "steps_offset")})
     h = s.size // 8
     latents = torch.randn(s.batch, 4, s.frames, h, h, device=device)
@@ -265,28 +289,32 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
     pixels = torch.rand(s.batch * s.frames, 3, s.size, s.size, device=device) * 2 - 1
     ids = models.tokenizer(["a landscape"] * s.batch, padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
     losses = SimpleNamespace(tau=0.07, m=4, positive="next", lambda_diff=1.0, lambda_con=0.07)
-
-    # 1. nadm: cached latents and text embeddings, bf16 autocast on the GPU, gradient checkpointing, fused AdamW
-    video = build_video_unet(copy.deepcopy(models.unet2d), models.config, models.motion).to(device)
-    adapter = NoiseAdapter.from_config(models.config).to(device)
-    freeze_for_training(video, adapter)
-    video.enable_gradient_checkpointing()
-    module = NADMTrainModule(video, adapter).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=on_gpu)
     dtype = torch.bfloat16 if on_gpu else torch.float32
 
-    def nadm_step():
-        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=on_gpu):
-            out = training_step(module, latents, text, torch.Generator().manual_seed(0), scheduler, losses)
-        out.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return out.total.item()
+    # 1. nadm: cached latents and text embeddings, frozen SD in bf16 with bf16 autocast on the GPU, fused AdamW
+    for checkpointing in (False, True):
+        video = build_video_unet(copy.deepcopy(models.unet2d), models.config, models.motion).to(device)
+        adapter = NoiseAdapter.from_config(models.config).to(device)
+        module, _ = trainable_module(video, adapter, checkpointing)
+        if on_gpu:
+            cast_frozen(module.unet, dtype)
+        module.train()
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
 
-    row["nadm_s"], row["nadm_peak_gib"], _ = measure(nadm_step, device, repeats)
-    free(module, video, adapter, opt)
+        def nadm_step():
+            with torch.autocast(kind, dtype=dtype, enabled=on_gpu):
+                out = training_step(module, latents, text, torch.Generator().manual_seed(0), scheduler, losses)
+            out.total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return out.total.item()
+
+        row = {"checkpointing": checkpointing}
+        row["s"], row["peak_gib"], _ = measure(nadm_step, device, repeats)
+        result["nadm"].append(row)
+        free(module, video, adapter, opt)
 
     # 2. plain diffusers: VAE + text encoder every step, UNetMotionModel forward/backward in fp16 autocast, AdamW
     adapter_d = MotionAdapter(**models.config.adapter_kwargs())
@@ -300,13 +328,13 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
 
     def plain_step():
         g = torch.Generator().manual_seed(0)
-        with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=on_gpu):
+        with torch.no_grad(), torch.autocast(kind, dtype=torch.float16, enabled=on_gpu):
             z = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor  # (b*f, 4, h, w)
             z = z.reshape(s.batch, s.frames, 4, h, h).permute(0, 2, 1, 3, 4).float()
             emb = text_encoder(ids).last_hidden_state
         noise = torch.randn(z.shape, generator=g).to(device)
         tt = torch.randint(0, 1000, (s.batch,), generator=g).to(device)
-        with torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=on_gpu):
+        with torch.autocast(kind, dtype=torch.float16, enabled=on_gpu):
             pred = unet(scheduler.add_noise(z, noise, tt), tt, encoder_hidden_states=emb.repeat_interleave(s.frames, 0)).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
         scaler.scale(loss).backward()
@@ -317,10 +345,13 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
         opt_d.zero_grad(set_to_none=True)
         return loss.item()
 
-    row["plain_s"], row["plain_peak_gib"], _ = measure(plain_step, device, repeats)
+    plain: dict = {}
+    plain["s"], plain["peak_gib"], _ = measure(plain_step, device, repeats)
+    result["plain"] = plain
     free(unet, vae, text_encoder, opt_d)
-    row["throughput_ratio"] = row["plain_s"] / row["nadm_s"]
-    return row
+    for row in result["nadm"]:
+        row["throughput_ratio"] = plain["s"] / row["s"]
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ 3. SOFP
@@ -375,65 +406,100 @@ def machine(device: str) -> str:
     return text
 
 
+def pct(value: float | None, peak: float | None) -> str:
+    return "n/a" if value is None or peak is None else f"{100 * value / peak:.1f}%"
+
+
+def psnr_text(value: float | None) -> str:
+    return "identical" if value is None else f"{value:.1f} dB"
+
+
+def report(results: dict) -> str:
+    """The markdown report of everything measured so far on this machine (partial runs merge, see main)."""
+    meta, on_gpu = results["meta"], results["meta"]["device"].startswith("cuda")
+    peak = meta.get("bf16_peak_tflops")
+    lines = [
+        "# Speed: nadm vs diffusers' AnimateDiff",
+        "",
+        f"Written by `python benchmarks/speed.py{' --tiny' if meta['tiny'] else ''}`; sections last run on: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(results["dates"].items())) + ".",
+        f"Machine: {meta['machine']}. Device used: {meta['device']}.",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
+        f"Models: {'tiny random stand-ins (nadm.tiny)' if meta['tiny'] else 'SD 1.5 published architecture, random weights (nadm.sd15)'}"
+        f"; median of {meta['repeats']} runs after one warm-up (the warm-up compiles).",
+        "",
+    ]  # fmt: skip
+    if not on_gpu:
+        lines += [NOT_MEASURED, "## Harness proof on the CPU (tiny models)", "",
+                  "These runs only show that every measurement executes and that the quality check holds; CPU "
+                  "seconds say nothing about GPU speed. Everything runs in float32 here (bf16 and fp16 are GPU recipes).", ""]  # fmt: skip
+    else:
+        missing = [f"`--only {k}`" for k in EXPECTED_GPU if k not in results["dates"]]
+        if missing:
+            lines += ["Not yet measured on this GPU: " + ", ".join(missing) + ".", ""]
+    lines += ["### Generation (no interpolation)", "",
+              "| setting | pipeline | dtype | s/video | speed-up | peak GiB | UNet GFLOP/pass | UNet TFLOP/s | % of bf16 peak "
+              "| UNet rel. err vs fp32 | frames PSNR vs fp32 | quality |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for g in results["generation"].values():
+        for r in g["nadm"]:
+            lines.append(f"| {g['setting']} | nadm {r['variant']} | {r['dtype']} | {r['s']:.3f} | {r['speedup']:.2f}x "
+                         f"| {fmt(r['peak_gib'])} | {g['unet_gflop_per_step']:.1f} | {r['unet_tflops']:.3f} | {pct(r['unet_tflops'], peak)} "
+                         f"| {r['unet_rel_err']:.2e} | {psnr_text(r['frames_psnr'])} | {'pass' if r['quality_ok'] else 'FAIL'} |")  # fmt: skip
+        d = g["diffusers"]
+        lines.append(f"| {g['setting']} | AnimateDiffPipeline | {d['dtype']} | {d['s']:.3f} | 1.00x | {fmt(d['peak_gib'])} "
+                     f"| {d['unet_gflop_per_step']:.1f} | {d['unet_tflops']:.3f} | {pct(d['unet_tflops'], peak)} | | | |")  # fmt: skip
+    lines += ["", "### Training step (batch 1)", "",
+              "| setting | step | s/step | throughput vs plain | peak GiB | within 12 GB |", "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for t in results["training"].values():
+        for r in t["nadm"]:
+            fits = "n/a" if r["peak_gib"] is None else ("yes" if r["peak_gib"] * 2**30 <= TRAIN_MEMORY_TARGET_GB * 1e9 else "no")
+            step = "nadm" + (" + checkpointing" if r["checkpointing"] else "")
+            lines.append(f"| {t['setting']} | {step} | {r['s']:.3f} | {r['throughput_ratio']:.2f}x | {fmt(r['peak_gib'])} | {fits} |")
+        pl = t["plain"]
+        lines.append(f"| {t['setting']} | plain UNetMotionModel (fp16 autocast) | {pl['s']:.3f} | 1.00x | {fmt(pl['peak_gib'])} | |")
+    lines += ["", "### SOFP interpolation (9 frames -> 17)", "", "| flow | where | size | interpolated frames/s | ms/frame |", "|---|---|---:|---:|---:|"]
+    for r in results["sofp"]:
+        if "error" in r:
+            lines.append(f"| {r['flow']} | {r['where']} | {r['size']} | unavailable: {r['error']} | |")
+        else:
+            lines.append(f"| {r['flow']} | {r['where']} | {r['size']} | {r['fps']:.1f} | {r['ms_per_frame']:.1f} |")
+    lines += ["", "Notes: nadm runs sparse-causal attention on attn2 (NADM), diffusers versatile on both (AnimateDiff): the "
+              "same weights, each model's own attention (hence the different UNet FLOPs). The speed-up is AnimateDiffPipeline's "
+              "seconds over nadm's. Quality compares each nadm variant with nadm's float32 eager path and the same seed: "
+              f"one guided UNet pass (relative L2 error <= {UNET_REL_ERR_MAX:g}) and the whole clip (PSNR >= {FRAMES_MIN_PSNR:g} dB). "
+              "nadm's training step is the one `nadm train --mixed-precision bf16` runs (cached latents and text, "
+              "frozen SD in bf16, fused AdamW); the plain step encodes with the VAE and text encoder every step. "
+              "Memory before any GPU exists: `benchmarks/results/train_memory.md` (fake-tensor estimate).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
 NOT_MEASURED = """## GPU figures: not yet measured
 
 No GPU was available to the session that wrote this file, so none of the figures the targets need exist yet:
 
 | figure | setting | status |
 |---|---|---|
-| generation seconds/video, nadm vs AnimateDiffPipeline | 8 f 256 px and 16 f 512 px, 25 DDIM steps, guidance 8 | not yet measured |
+| generation seconds/video, nadm (eager, compile, compile+cudagraphs) vs AnimateDiffPipeline | 8 f 256 px and 16 f 512 px, 25 DDIM steps, guidance 8 | not yet measured |
 | peak GPU memory, generation | both settings | not yet measured |
 | UNet achieved TFLOP/s and % of bf16 peak | both settings | not yet measured |
-| training seconds/step and peak memory, nadm vs plain UNetMotionModel | 8 f 256 px, 16 f 512 px | not yet measured |
+| training seconds/step and peak memory, nadm (with/without checkpointing) vs plain UNetMotionModel | 8 f 256 px, 16 f 512 px | not yet measured |
 | SOFP with `raft` on the GPU | 512 px | not yet measured |
 
-Run `python benchmarks/speed.py` on a CUDA machine to fill them in (it replaces this file).
+Run `python benchmarks/speed.py` on a CUDA machine to fill them in (it replaces this file; `--only` runs a part and merges).
 """
 
+EXPECTED_GPU = ("gen:paper", "gen:common", "train:paper", "train:common", "sofp")
 
-def report(args, device: str, gen: list[dict], train: list[dict], sofp_rows: list[dict]) -> str:
-    peak = bf16_peak(device)
-    lines = [
-        "# Speed: nadm vs diffusers' AnimateDiff",
-        "",
-        f"Written by `python benchmarks/speed.py{' --tiny' if args.tiny else ''}` on {datetime.date.today()}.",
-        f"Machine: {machine(device)}. Device used: {device}.",
-        "Libraries: " + ", ".join(f"{k} {v}" for k, v in environment_versions().items() if v),
-        f"Models: {'tiny random stand-ins (nadm.tiny)' if args.tiny else 'SD 1.5 published architecture, random weights (nadm.sd15)'}"
-        f"; median of {args.repeats} runs after one warm-up.",
-        "",
-    ]
-    if not device.startswith("cuda"):
-        lines += [NOT_MEASURED, "## Harness proof on the CPU (tiny models)", "",
-                  "These runs only show that every measurement executes and that the quality check holds; CPU "
-                  "seconds say nothing about GPU speed. nadm runs fp32 here; diffusers runs fp32 too (its fp16 "
-                  "recipe is for GPUs).", ""]  # fmt: skip
-    lines += ["### Generation (no interpolation)", "",
-              "| setting | nadm s/video | AnimateDiffPipeline s/video | speed-up | nadm peak GiB | diffusers peak GiB "
-              "| nadm UNet TFLOP/s | diffusers UNet TFLOP/s | % of bf16 peak (nadm) | UNet GFLOP/step | UNet rel. err vs fp32 | frames PSNR vs fp32 |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in gen:
-        share = None if peak is None else 100 * r["unet_tflops"] / peak
-        lines.append(f"| {r['setting']} | {fmt(r['nadm_s'], '.3f')} | {fmt(r['diffusers_s'], '.3f')} | {fmt(r['speedup'], '.2f', 'x')} "
-                     f"| {fmt(r['nadm_peak_gib'])} | {fmt(r['diffusers_peak_gib'])} | {fmt(r['unet_tflops'], '.3f')} "
-                     f"| {fmt(r['diffusers_unet_tflops'], '.3f')} | {fmt(share, '.1f', '%')} | {fmt(r['unet_gflop_per_step'], '.1f')} "
-                     f"| {r['unet_rel_err']:.2e} | {'identical' if r['frames_psnr'] is None else format(r['frames_psnr'], '.1f') + ' dB'} |")  # fmt: skip
-    lines += ["", "### Training step (batch 1)", "",
-              "| setting | nadm s/step | plain UNetMotionModel s/step | throughput ratio | nadm peak GiB | plain peak GiB |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in train:
-        lines.append(f"| {r['setting']} | {fmt(r['nadm_s'], '.3f')} | {fmt(r['plain_s'], '.3f')} | {fmt(r['throughput_ratio'], '.2f', 'x')} "
-                     f"| {fmt(r['nadm_peak_gib'])} | {fmt(r['plain_peak_gib'])} |")  # fmt: skip
-    lines += ["", "### SOFP interpolation (9 frames -> 17)", "", "| flow | where | size | interpolated frames/s | ms/frame |", "|---|---|---:|---:|---:|"]
-    for r in sofp_rows:
-        if "error" in r:
-            lines.append(f"| {r['flow']} | {r['where']} | {r['size']} | unavailable: {r['error']} | |")
-        else:
-            lines.append(f"| {r['flow']} | {r['where']} | {r['size']} | {r['fps']:.1f} | {r['ms_per_frame']:.1f} |")
-    lines += ["", "Notes: nadm runs sparse-causal attention on attn2 (NADM), diffusers versatile on both (AnimateDiff): "
-              "the same weights, each model's own attention. 'UNet rel. err' compares one guided UNet pass of the fast "
-              "path with fp32; 'frames PSNR' compares whole generated clips with the same seed.", ""]  # fmt: skip
-    return "\n".join(lines)
+
+def load_previous(path: Path, meta: dict) -> dict | None:
+    """Earlier results from the same device and model size, to merge a partial run into; else None."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = old.get("meta", {}).get("device_name") == meta["device_name"] and old.get("meta", {}).get("tiny") == meta["tiny"]
+    return old if same and "dates" in old else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,25 +508,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="report file (default benchmarks/results/speed.md)")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: gen,train,sofp")
+    parser.add_argument("--only", default="", help="comma list of parts to run, merged into earlier results from the same "
+                        "device: gen:paper, gen:common, train:paper, train:common, sofp (default: all)")  # fmt: skip
+    parser.add_argument("--variants", default=None, help=f"nadm generation variants, comma list of {', '.join(NADM_VARIANTS)} "
+                        "(default: all on CUDA; eager,compile elsewhere, where there are no CUDA graphs)")  # fmt: skip
     args = parser.parse_args(argv)
-    tiny = args.tiny or not args.device.startswith("cuda")
-    if tiny and not args.tiny:
+    on_gpu = args.device.startswith("cuda")
+    if not on_gpu and not args.tiny:
         print("no CUDA device: running the tiny harness proof on the CPU", file=sys.stderr)
         args.tiny = True
-    skip = set(filter(None, args.skip.split(",")))
-    with tempfile.TemporaryDirectory() as tmp:
-        models = build_models(tiny, Path(tmp) / "tokenizer")
-        gen = [] if "gen" in skip else [bench_generation(models, s, args.device, args.repeats) for s in (TINY_GEN if tiny else FULL_GEN)]
-        train = [] if "train" in skip else [bench_training(models, s, args.device, args.repeats) for s in (TINY_TRAIN if tiny else FULL_TRAIN)]
-    sofp_rows = [] if "sofp" in skip else bench_sofp(512, args.device, args.repeats)
-    text = report(args, args.device, gen, train, sofp_rows)
-    print(text)
+    variants = (args.variants or ",".join(NADM_VARIANTS if on_gpu else ("eager", "compile"))).split(",")
+    unknown = [v for v in variants if v not in NADM_VARIANTS]
+    gen_settings, train_settings = (TINY_GEN, TINY_TRAIN) if args.tiny else (FULL_GEN, FULL_TRAIN)
+    parts = [f"gen:{g.key}" for g in gen_settings] + [f"train:{t.key}" for t in train_settings] + ["sofp"]
+    only = [p for p in args.only.split(",") if p] or parts
+    if unknown or any(p not in parts for p in only):
+        parser.error(f"unknown variant or part: {', '.join(unknown + [p for p in only if p not in parts])}; parts here: {', '.join(parts)}")
+
     out = args.out or RESULTS / "speed.md"
+    meta = {"device": args.device, "device_name": torch.cuda.get_device_name() if on_gpu else "cpu", "tiny": args.tiny,
+            "machine": machine(args.device), "versions": environment_versions(), "repeats": args.repeats,
+            "bf16_peak_tflops": bf16_peak(args.device)}  # fmt: skip
+    results = load_previous(out.with_suffix(".json"), meta) if args.only else None
+    results = results or {"generation": {}, "training": {}, "sofp": [], "dates": {}}
+    results["meta"] = meta
+    today = str(datetime.date.today())
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(args.tiny, Path(tmp) / "tokenizer")
+        for g in gen_settings:
+            if f"gen:{g.key}" in only:
+                results["generation"][g.key] = bench_generation(models, g, args.device, args.repeats, variants)
+                results["dates"][f"gen:{g.key}"] = today
+        for t in train_settings:
+            if f"train:{t.key}" in only:
+                results["training"][t.key] = bench_training(models, t, args.device, args.repeats)
+                results["dates"][f"train:{t.key}"] = today
+    if "sofp" in only:
+        results["sofp"] = bench_sofp(512, args.device, args.repeats)
+        results["dates"]["sofp"] = today
+    text = report(results)
+    print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"generation": gen, "training": train, "sofp": sofp_rows}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out}", file=sys.stderr)
+    failed = [f"{g['setting']} {r['variant']}" for g in results["generation"].values() for r in g["nadm"] if not r["quality_ok"]]
+    if failed:
+        print(f"quality check FAILED (frames moved beyond bf16 tolerance): {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
