@@ -64,7 +64,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
               "[default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
 @click.option("--base-config", help="Component configs for a single-file base (diffusers folder or hub id).")
 @click.option("--data", help="Dataset ROOT (ROOT/videos + ROOT/captions.csv|jsonl).")
-@click.option("--latent-cache", help="Train on a latent cache (nadm.data.cache_latents) instead of decoding videos.")
+@click.option("--latent-cache", help="Train on a latent cache (nadm.latent_cache.cache_latents) instead of decoding videos.")
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Run folder (config, logs, checkpoints).")
 @click.option("--init-motion",
