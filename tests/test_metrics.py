@@ -1,4 +1,5 @@
-"""Metrics (Sec. IV-C2): distance math, IS, CLIP scores, network loading, temporal metrics, `nadm evaluate`."""
+"""Metrics (Sec. IV-C2): distance math, IS, CLIP scores, network loading, temporal metrics, reading clips,
+`nadm evaluate` and `nadm compare`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from nadm import metrics
+from nadm import evaluation, metric_networks, metrics
 from nadm.errors import NADMError
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -59,8 +60,8 @@ def weights_dir(tmp_path_factory) -> Path:
     """A folder with test-made TorchScript stand-ins for i3d_torchscript.pt and c3d_ucf101.pt."""
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    torch.jit.script(TinyI3D()).save(str(folder / metrics.I3D_WEIGHTS.name))
-    torch.jit.script(TinyC3D()).save(str(folder / metrics.C3D_WEIGHTS.name))
+    torch.jit.script(TinyI3D()).save(str(folder / metric_networks.I3D_WEIGHTS.name))
+    torch.jit.script(TinyC3D()).save(str(folder / metric_networks.C3D_WEIGHTS.name))
     return folder
 
 
@@ -165,7 +166,7 @@ def test_inception_score_bounds():
 
 
 def test_clip_temp_is_one_for_identical_frames_and_clip_text_runs(clip_dir):
-    scorer = metrics.ClipScorer(str(clip_dir), device="cpu")
+    scorer = metric_networks.ClipScorer(str(clip_dir), device="cpu")
     still = np.repeat(_texture(40, 56)[None], 5, axis=0)
     emb = scorer.images(still)
     assert emb.shape == (5, 16)
@@ -182,7 +183,7 @@ def test_clip_temp_is_one_for_identical_frames_and_clip_text_runs(clip_dir):
 
 def test_clip_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(NADMError, match="cannot load the CLIP model"):
-        metrics.ClipScorer(str(tmp_path / "nothing-here"), device="cpu")
+        metric_networks.ClipScorer(str(tmp_path / "nothing-here"), device="cpu")
 
 
 # ------------------------------------------------------------------------------------- I3D, C3D weights
@@ -191,14 +192,14 @@ def test_clip_missing_model_is_a_user_error(tmp_path):
 def test_i3d_and_c3d_load_from_weights_dir_and_run(weights_dir):
     rng = np.random.default_rng(3)
     clips = [rng.integers(0, 256, (16, 40, 60, 3), dtype=np.uint8) for _ in range(3)]
-    i3d = metrics.I3DFeatures(weights_dir, device="cpu")
+    i3d = metric_networks.I3DFeatures(weights_dir, device="cpu")
     feats = i3d(clips)
     assert feats.shape == (3, 400) and np.isfinite(feats).all()
     # non-square clips are centre-cropped: padding the sides changes nothing
     padded = np.pad(clips[0], ((0, 0), (0, 0), (7, 7), (0, 0)))
     assert np.allclose(i3d([padded]), feats[:1], atol=1e-5)
     assert not np.allclose(feats[0], feats[1])
-    probs = metrics.C3DProbabilities(weights_dir, device="cpu")(clips)
+    probs = metric_networks.C3DProbabilities(weights_dir, device="cpu")(clips)
     assert probs.shape == (3, 101) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert metrics.inception_score(probs) >= 1.0
 
@@ -207,25 +208,25 @@ def test_missing_weights_offline_names_file_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv("NADM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NADM_OFFLINE", "1")
     with pytest.raises(NADMError) as err:
-        metrics.I3DFeatures(tmp_path / "empty", device="cpu")
+        metric_networks.I3DFeatures(tmp_path / "empty", device="cpu")
     msg = str(err.value)
-    assert metrics.I3D_WEIGHTS.name in msg and metrics.I3D_WEIGHTS.url in msg and "\n" not in msg
+    assert metric_networks.I3D_WEIGHTS.name in msg and metric_networks.I3D_WEIGHTS.url in msg and "\n" not in msg
     with pytest.raises(NADMError, match="c3d_ucf101.pt.*dropbox"):
-        metrics.C3DProbabilities(None, device="cpu")
+        metric_networks.C3DProbabilities(None, device="cpu")
 
 
 def test_weights_found_in_cache(tmp_path, monkeypatch, weights_dir):
     cache = tmp_path / "cache"
     (cache / "metrics").mkdir(parents=True)
-    (cache / "metrics" / metrics.C3D_WEIGHTS.name).write_bytes((weights_dir / metrics.C3D_WEIGHTS.name).read_bytes())
+    (cache / "metrics" / metric_networks.C3D_WEIGHTS.name).write_bytes((weights_dir / metric_networks.C3D_WEIGHTS.name).read_bytes())
     monkeypatch.setenv("NADM_CACHE", str(cache))
-    assert metrics.resolve_weights(metrics.C3D_WEIGHTS, tmp_path / "empty") == cache / "metrics" / "c3d_ucf101.pt"
+    assert metric_networks.resolve_weights(metric_networks.C3D_WEIGHTS, tmp_path / "empty") == cache / "metrics" / "c3d_ucf101.pt"
 
 
 def test_corrupt_weights_are_a_user_error(tmp_path):
-    (tmp_path / metrics.I3D_WEIGHTS.name).write_bytes(b"not a torchscript archive")
+    (tmp_path / metric_networks.I3D_WEIGHTS.name).write_bytes(b"not a torchscript archive")
     with pytest.raises(NADMError, match="cannot load .* as TorchScript"):
-        metrics.I3DFeatures(tmp_path, device="cpu")
+        metric_networks.I3DFeatures(tmp_path, device="cpu")
 
 
 # ------------------------------------------------------------------------------- weight-free metrics
@@ -266,6 +267,122 @@ def test_cut_clip_rule():
     assert metrics.cut_clip(video, stride=2)[:, 0, 0, 0].tolist() == list(range(0, 32, 2))
     with pytest.raises(ValueError, match="needs 46 frames"):
         metrics.cut_clip(video, stride=3)
+
+
+# ------------------------------------------------------------------------------------- reading clips
+
+
+def _write_uneven_mp4(path: Path, frames: np.ndarray) -> Path:
+    """An H.264 mp4 whose timestamps start at 3 and skip a tick every 5th frame (variable frame rate), so
+    "frame i" by timestamp (`nadm.data.read_frames`) and by decode order (`read_video`) differ; the
+    evaluation's clips must stay those of `read_video`."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.time_base = Fraction(1, 8)
+        pts = 3
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 8)
+            pts += 2 if i % 5 == 3 else 1
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_sources(tmp_path_factory) -> dict[str, Path]:
+    """34-frame videos in every form the evaluation reads: uneven-rate mp4, padded (odd-size) mp4, GIF, PNGs."""
+    from nadm.io import write_video
+
+    root = tmp_path_factory.mktemp("clip_sources")
+    out = {"uneven_mp4": _write_uneven_mp4(root / "uneven.mp4", _translating(34, 48, 64, step=2, seed=40))}
+    forms = [("odd_mp4", "odd.mp4", (45, 61)), ("gif", "a.gif", (48, 64)), ("png", "png", (48, 64))]
+    for name, target, (h, w) in forms:
+        out[name] = write_video(_translating(34, h, w, step=3, seed=41), root / target, fps=8)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["uneven_mp4", "odd_mp4", "gif", "png"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_read_clip_equals_cutting_the_whole_video(clip_sources, kind, stride, monkeypatch):
+    from nadm.io import read_video
+
+    path = clip_sources[kind]
+    expected = metrics.cut_clip(read_video(path)[0], stride=stride)
+    if kind == "uneven_mp4":  # a plain video file is decoded only up to the clip, never read whole
+        monkeypatch.setattr(evaluation, "read_video", lambda p: pytest.fail(f"{p} was read whole"))
+    clip = evaluation.read_clip(path, stride)
+    assert clip.shape == expected.shape and np.array_equal(clip, expected)
+
+
+@pytest.mark.parametrize("name", ["skyar_annarbor/annarbor.mp4", "mdgan_sky_timelapse/real_video_grid8x6.mp4"])
+def test_read_clip_equals_cutting_the_whole_video_on_real_footage(shared_data, name):
+    from nadm.io import read_video
+
+    path = shared_data / "landscape_motion" / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    whole = read_video(path)[0]
+    for stride in (1, 2, (len(whole) - 1) // 15):  # the last stride reaches the video's end
+        assert np.array_equal(evaluation.read_clip(path, stride), metrics.cut_clip(whole, stride=stride))
+    assert np.array_equal(evaluation.read_clip(path, 1, whole), whole[:16])
+
+
+def test_too_short_video_gives_the_same_clear_error_either_way(tmp_path):
+    from nadm.io import read_video, write_video
+
+    path = write_video(_translating(10, 32, 48), tmp_path / "short.mp4", fps=8)
+    message = (f"{path}: a 16-frame clip at stride 1 needs 16 frames, the video has 10; "
+               "remove short videos or lower the stride")
+    with pytest.raises(NADMError) as partial:
+        evaluation.read_clip(path, 1)
+    with pytest.raises(NADMError) as whole:
+        evaluation.read_clip(path, 1, read_video(path)[0])
+    assert str(partial.value) == str(whole.value) == message
+
+
+def test_each_video_is_decoded_once_and_clips_only_as_far_as_needed(video_dirs, weights_dir, tmp_path, monkeypatch):
+    from nadm.commands.evaluate import list_videos
+    from nadm.io import write_video
+
+    real, _ = video_dirs  # 4 mp4 files and 1 folder of frames
+    fakes = [write_video(_translating(20, 32, 48, step=2, seed=50 + i), tmp_path / f"f{i}.mp4", fps=8)
+             for i in range(3)]
+    calls = {"whole": [], "prefix": []}
+    whole, prefix = evaluation.read_video, evaluation._decode_prefix
+    monkeypatch.setattr(evaluation, "read_video", lambda p: calls["whole"].append(p.name) or whole(p))
+    monkeypatch.setattr(evaluation, "_decode_prefix", lambda p, w: calls["prefix"].append(p.name) or prefix(p, w))
+    real_paths = list_videos(real)
+    opt = dict(weights_dir=str(weights_dir), device="cpu", progress=False, batch_size=2)
+
+    clips_only = evaluation.evaluate_sets([evaluation.VideoSet("g", fakes)], real_paths,
+                                          evaluation.EvalOptions(metrics=("fvd", "is"), **opt))
+    assert calls == {"whole": ["clip4"], "prefix": ["clip0.mp4", "clip1.mp4", "clip2.mp4", "clip3.mp4",
+                                                    "f0.mp4", "f1.mp4", "f2.mp4"]}
+    calls["whole"].clear()
+    calls["prefix"].clear()
+    with_flicker = evaluation.evaluate_sets([evaluation.VideoSet("g", fakes)], real_paths,
+                                            evaluation.EvalOptions(metrics=("fvd", "is", "flicker"), **opt))
+    assert calls["whole"] == ["clip4", "f0.mp4", "f1.mp4", "f2.mp4"] and len(calls["prefix"]) == 4
+    assert with_flicker["g"]["fvd"] == clips_only["g"]["fvd"] and with_flicker["g"]["is"] == clips_only["g"]["is"]
+
+
+def test_evaluate_too_short_video_is_a_one_line_error(weights_dir, tmp_path, capsys):
+    from nadm.io import write_video
+
+    for i, n in enumerate((20, 12)):
+        write_video(_translating(n, 32, 48, seed=60 + i), tmp_path / "fake" / f"v{i}.mp4", fps=8)
+    code, _, stderr = _run_cli(["evaluate", "--fake", str(tmp_path / "fake"), "--metrics", "is", "--weights-dir",
+                                str(weights_dir), "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "v1.mp4: a 16-frame clip at stride 1 needs 16 frames, the video has 12; remove short videos" in stderr
 
 
 # ------------------------------------------------------------------------------------ nadm evaluate
@@ -313,7 +430,7 @@ def test_evaluate_end_to_end(video_dirs, weights_dir, clip_dir, tmp_path, capsys
     assert "±" in stdout.splitlines()[1]
     report = json.loads(out.read_text())
     res = report["results"]["fake"]
-    assert set(res) == set(metrics.METRICS)
+    assert set(res) == set(evaluation.METRICS)
     assert len(res["fvd"]["values"]) == 3 and res["fvd"]["real_per_trial"] == 3
     assert all(np.isfinite(v["mean"]) for v in res.values())
     assert len(res["clip_text"]["values"]) == 4 and 0.0 < res["clip_temp"]["mean"] <= 1.0 + 1e-6

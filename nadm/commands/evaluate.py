@@ -14,7 +14,7 @@ import click
 from nadm.errors import NADMError
 
 if TYPE_CHECKING:
-    from nadm.metrics import EvalOptions, VideoSet
+    from nadm.evaluation import EvalOptions, VideoSet
 
 VIDEO_FILE_SUFFIXES = (".mp4", ".gif", ".webp", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -125,7 +125,7 @@ def _labels(folders: list[str]) -> list[str]:
 
 def parse_metrics(text: str) -> tuple[str, ...]:
     """'all' or a comma-separated subset of the metric names, in the table's order."""
-    from nadm.metrics import METRICS
+    from nadm.evaluation import METRICS
 
     if text.strip().lower() == "all":
         return METRICS
@@ -230,7 +230,8 @@ def _eval_options(f: Callable) -> Callable:
 
 def _options_from(kw: dict[str, Any]) -> EvalOptions:
     """EvalOptions from the shared click options."""
-    from nadm.metrics import DEFAULT_CLIP_MODEL, EvalOptions
+    from nadm.evaluation import EvalOptions
+    from nadm.metric_networks import DEFAULT_CLIP_MODEL
 
     return EvalOptions(
         metrics=parse_metrics(kw["metrics_text"]),
@@ -279,7 +280,7 @@ def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str
 
     The paper's metrics (Sec. IV-C2) plus two weight-free temporal ones. Each folder holds one video per
     file (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
-    from nadm.metrics import NEEDS_PROMPTS, VideoSet, evaluate_sets
+    from nadm.evaluation import NEEDS_PROMPTS, VideoSet, evaluate_sets
 
     # 1. check every input before any network is loaded
     json_out = check_json_path(kw["json_out"], kw["overwrite"])
@@ -371,9 +372,8 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     """Generate with several motion checkpoints and score them in one table.
 
     Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
-    from nadm.metrics import (
-        C3D_WEIGHTS, I3D_WEIGHTS, NEEDS_REAL, VideoSet, check_request, evaluate_sets, resolve_weights,
-    )
+    from nadm.evaluation import NEEDS_REAL, VideoSet, check_request, evaluate_sets
+    from nadm.metric_networks import C3D_WEIGHTS, I3D_WEIGHTS, resolve_weights
 
     # 1. check every input, and fetch the metric networks, before hours of generation
     json_out = check_json_path(kw["json_out"], kw["overwrite"])
