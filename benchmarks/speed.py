@@ -4,7 +4,7 @@ Builds Stable Diffusion 1.5's published architecture with random weights (nadm.s
 modules, and measures in one run, side by side:
 
 1. generation: seconds per video, peak GPU memory and the UNet's achieved TFLOP/s (FLOPs counted with
-   torch.utils.flop_counter) for nadm's pipeline (bf16; eager, torch.compile, torch.compile with CUDA graphs) and
+   torch.utils.flop_counter) for nadm's pipeline (bf16; eager, channels-last, torch.compile, compile + CUDA graphs) and
    for diffusers' `AnimateDiffPipeline` (fp16 + SDPA) with the same weights, at the paper's setting (8 frames,
    256x256, 25 DDIM steps, guidance 8) and at 16 frames 512x512; the quality check compares every nadm variant
    with nadm's float32 eager path (one UNet pass and the whole clip) and makes the script exit 1 on failure;
@@ -48,8 +48,10 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0}  # fmt: skip
 
 
-# nadm's generation variants: name -> torch.compile mode of the video UNet (None: eager)
-NADM_VARIANTS = {"eager": None, "compile": "default", "compile+cudagraphs": "reduce-overhead"}
+# nadm's generation variants: name -> (torch.compile mode of the video UNet or None for eager, channels-last
+# UNet weights). channels-last is measured here only: the pipeline adopts it if it pays.
+NADM_VARIANTS = {"eager": (None, False), "channels-last": (None, True), "compile": ("default", False),
+                 "compile+cudagraphs": ("reduce-overhead", False)}  # fmt: skip
 # Quality check (issue 7): the optimised path against nadm's float32 eager path with the same seed
 UNET_REL_ERR_MAX = 2e-2  # one guided UNet pass: relative L2 error (bf16 keeps 8 mantissa bits)
 FRAMES_MIN_PSNR = 30.0  # whole clips after 25 steps, dB
@@ -223,7 +225,10 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, v
 
     # 2. nadm's variants (bf16 on the GPU): seconds per video, peak memory, UNet throughput, and the quality check
     for name in variants:
-        pipe = nadm_pipeline(models, device, fast_dtype, compile=NADM_VARIANTS[name])
+        compile_mode, channels_last = NADM_VARIANTS[name]
+        pipe = nadm_pipeline(models, device, fast_dtype, compile=compile_mode)
+        if channels_last:
+            pipe.video_unet.to(memory_format=torch.channels_last)
         call = lambda: pipe(prompt, **kwargs)  # noqa: E731
         row: dict = {"variant": name, "dtype": str(fast_dtype).removeprefix("torch.")}
         row["s"], row["peak_gib"], fast = measure(call, device, repeats)  # the warm-up call compiles
@@ -480,7 +485,7 @@ No GPU was available to the session that wrote this file, so none of the figures
 
 | figure | setting | status |
 |---|---|---|
-| generation seconds/video, nadm (eager, compile, compile+cudagraphs) vs AnimateDiffPipeline | 8 f 256 px and 16 f 512 px, 25 DDIM steps, guidance 8 | not yet measured |
+| generation seconds/video, nadm (eager, channels-last, compile, compile+cudagraphs) vs AnimateDiffPipeline | 8 f 256 px and 16 f 512 px, 25 DDIM steps, guidance 8 | not yet measured |
 | peak GPU memory, generation | both settings | not yet measured |
 | UNet achieved TFLOP/s and % of bf16 peak | both settings | not yet measured |
 | training seconds/step and peak memory, nadm (with/without checkpointing) vs plain UNetMotionModel | 8 f 256 px, 16 f 512 px | not yet measured |
@@ -511,13 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma list of parts to run, merged into earlier results from the same "
                         "device: gen:paper, gen:common, train:paper, train:common, sofp (default: all)")  # fmt: skip
     parser.add_argument("--variants", default=None, help=f"nadm generation variants, comma list of {', '.join(NADM_VARIANTS)} "
-                        "(default: all on CUDA; eager,compile elsewhere, where there are no CUDA graphs)")  # fmt: skip
+                        "(default: all on CUDA; all but compile+cudagraphs elsewhere, where there are no CUDA graphs)")  # fmt: skip
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     if not on_gpu and not args.tiny:
         print("no CUDA device: running the tiny harness proof on the CPU", file=sys.stderr)
         args.tiny = True
-    variants = (args.variants or ",".join(NADM_VARIANTS if on_gpu else ("eager", "compile"))).split(",")
+    variants = (args.variants or ",".join(v for v in NADM_VARIANTS if on_gpu or v != "compile+cudagraphs")).split(",")
     unknown = [v for v in variants if v not in NADM_VARIANTS]
     gen_settings, train_settings = (TINY_GEN, TINY_TRAIN) if args.tiny else (FULL_GEN, FULL_TRAIN)
     parts = [f"gen:{g.key}" for g in gen_settings] + [f"train:{t.key}" for t in train_settings] + ["sofp"]
