@@ -19,6 +19,10 @@ modules, and measures in one run, side by side:
 
 On a CPU (or with --tiny) every GPU figure is written as "not yet measured": only the tiny harness proof and its
 ratios are real there, and absolute CPU times say nothing about a GPU.
+
+On a GPU machine without network whose Python has PyTorch but not diffusers or PyAV, `benchmarks/gpu_wheels.sh`
+(run where PyPI is reachable) fetches those wheels into .wheels/; there: `pip install --no-deps .wheels/*.whl`,
+then `PYTHONPATH=. python3 benchmarks/speed.py --only ...` part by part, each merging into the results file.
 """
 
 from __future__ import annotations
