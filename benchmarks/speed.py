@@ -264,7 +264,7 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, v
     result["diffusers"] = d
     free(dpipe)
     for row in result["nadm"]:
-        row["speedup"] = d["s"] / row["s"]
+        row["diffusers_s"], row["speedup"] = d["s"], d["s"] / row["s"]
     return result
 
 
@@ -501,6 +501,15 @@ Run `python benchmarks/speed.py` on a CUDA machine to fill them in (it replaces 
 EXPECTED_GPU = ("gen:paper", "gen:common", "train:paper", "train:common", "sofp")
 
 
+def merge_variants(old: dict | None, new: dict) -> dict:
+    """A setting's new generation results, keeping earlier rows of variants not run this time (--variants); each row
+    keeps the speed-up against the AnimateDiffPipeline time of its own run."""
+    if old is None:
+        return new
+    rows = {r["variant"]: r for r in old["nadm"]} | {r["variant"]: r for r in new["nadm"]}
+    return {**new, "nadm": [rows[name] for name in NADM_VARIANTS if name in rows]}
+
+
 def load_previous(path: Path, meta: dict) -> dict | None:
     """Earlier results from the same device and model size, to merge a partial run into; else None."""
     try:
@@ -546,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         models = build_models(args.tiny, Path(tmp) / "tokenizer")
         for g in gen_settings:
             if f"gen:{g.key}" in only:
-                results["generation"][g.key] = bench_generation(models, g, args.device, args.repeats, variants)
+                results["generation"][g.key] = merge_variants(results["generation"].get(g.key),
+                                                              bench_generation(models, g, args.device, args.repeats, variants))  # fmt: skip
                 results["dates"][f"gen:{g.key}"] = today
         for t in train_settings:
             if f"train:{t.key}" in only:
