@@ -390,6 +390,28 @@ def test_lora_is_fused_with_its_scale(tiny, lora):
     assert not any("lora" in k for k in fused.state_dict())  # adapters unloaded after fusing
 
 
+def test_kohya_lora_with_text_encoder_layers_is_fused_into_both(tiny, tmp_path):
+    """A LoRA in kohya's format (`lora_unet_*`/`lora_te_*`, lora_down/lora_up/alpha), as community styles ship."""
+    from safetensors.torch import save_file
+
+    plain, rank, alpha, scale = load_base(tiny["base"]), 2, 1.0, 0.5
+    layers = {f"lora_unet_{key.replace('.', '_')}": ("unet", key) for key in
+              (f"down_blocks.0.attentions.0.transformer_blocks.0.attn1.{p}" for p in ("to_q", "to_k", "to_v", "to_out.0"))}
+    layers |= {f"lora_te_text_model_{key.replace('.', '_')}": ("text_encoder", key) for key in
+               (f"encoder.layers.0.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj"))}  # fmt: skip
+    g, tensors, expected = torch.Generator().manual_seed(0), {}, {}
+    for name, (part, key) in layers.items():
+        w = getattr(plain, part).state_dict()[f"{key}.weight"]
+        down, up = torch.randn(rank, w.shape[1], generator=g) * 0.1, torch.randn(w.shape[0], rank, generator=g) * 0.1
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(alpha)}
+        expected[part, key] = w + scale * alpha / rank * up @ down
+    save_file(tensors, str(tmp_path / "style.safetensors"))
+    fused = load_base(tiny["base"], loras=(LoraSpec(tmp_path / "style.safetensors", scale),))
+    for (part, key), want in expected.items():
+        got = getattr(fused, part).state_dict()[f"{key}.weight"]
+        assert torch.allclose(got, want, atol=1e-6) and not torch.equal(got, getattr(plain, part).state_dict()[f"{key}.weight"])
+
+
 def test_lora_changes_the_output_and_scale_zero_does_not(tiny, pipe, lora):
     ref = _frames(pipe)
     with_lora = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], loras=[f"{lora['file']}:1.0"], progress=False)
