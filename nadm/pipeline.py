@@ -278,6 +278,7 @@ class NADMPipeline:
 
         motion: an NADM checkpoint folder, AnimateDiff weights (hub id, MotionAdapter folder, original file), a
         loaded `MotionWeights`, or None for AnimateDiff's v1-5-2 adapter as the baseline (said on stderr).
+        dtype None/'auto': bfloat16 on CUDA. compile: None, or a torch.compile mode for the video UNet (COMPILE_MODES).
         """
         from nadm.checkpoint import MotionWeights, load_motion_source
         from nadm.motion import build_video_unet
