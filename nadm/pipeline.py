@@ -114,14 +114,14 @@ def resolve_device(device: str | None = None):
 
 
 def resolve_dtype(dtype, device):
-    """`None`/'auto': bfloat16 on CUDA (float16 where the GPU lacks it), float32 on MPS and CPU; else float32,
+    """`None`/'auto': bfloat16 on CUDA (float16 where the GPU only emulates it), float32 on MPS and CPU; else float32,
     float16 or bfloat16 (or fp32/fp16/bf16)."""
     import torch
 
     if dtype in (None, "auto"):
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     else:

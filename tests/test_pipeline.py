@@ -165,8 +165,8 @@ def test_bad_requests_are_refused_before_sampling(pipe, kwargs, message):
 def test_devices_and_dtypes(monkeypatch):
     assert resolve_device("cpu").type == "cpu" and resolve_dtype(None, torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    for bf16_ok, expected in ((True, torch.bfloat16), (False, torch.float16)):  # auto on CUDA: bf16 where the GPU has it
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, ok=bf16_ok, **k: ok)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float16)):  # auto on CUDA: bf16 where it is native
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, ok=native: ok or including_emulation)
         assert resolve_dtype(None, torch.device("cuda")) == expected
     with pytest.raises(InvalidRequest, match="unsupported dtype 'int8'"):
         resolve_dtype("int8", torch.device("cpu"))
