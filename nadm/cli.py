@@ -19,7 +19,7 @@ COMMANDS = {
     "data": "nadm.commands.data:data",
     "train": "nadm.commands.train:train",
     "evaluate": "nadm.commands.evaluate:evaluate",
-    "compare": "nadm.commands.evaluate:compare",
+    "compare": "nadm.commands.compare:compare",
 }
 
 

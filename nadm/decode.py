@@ -5,8 +5,9 @@ Frame numbering everywhere in this module: frame i is the frame shown at time i 
 (its timestamp, rounded), so seeking, scene cuts (`nadm.curate`) and the clip sampler (`nadm.data`) agree; for
 constant-rate video it is simply the i-th decoded frame. Frames are `(N, H, W, 3) uint8` RGB.
 
-`nadm.io.read_video` decodes a whole generated clip (mp4/gif/webp/PNG folder) with its sidecar; this module
-reads only the frames asked for, from any FFmpeg-readable source video.
+`nadm.io.read_video` reads generated clips (mp4/gif/webp/PNG folder, with their sidecar) and numbers frames in
+decode order instead; it opens video files through `open_video` and `frame_rate` here, and `DECODE_ERRORS`
+are the PyAV errors both modules turn into NADMErrors.
 """
 
 from __future__ import annotations
@@ -115,7 +116,12 @@ def count_frames(path: str | os.PathLike) -> int:
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
     """Only the frames `indices` of a video as `(len(indices), H, W, 3) uint8` RGB, seeking to the nearest
-    keyframe instead of decoding from the start (Sec. IV-A1's strided sampling)."""
+    keyframe instead of decoding from the start (Sec. IV-A1's strided sampling).
+
+    Frame numbers are timestamps (the module's numbering), not decode positions as in
+    `nadm.io.read_video(path, indices)`: the two agree for constant-rate video, but where timestamps skip
+    (variable frame rate) a number with no frame of its own gives the frame shown before it, and of two frames
+    in one tick only the first has a number, so the same index can name different frames in the two."""
     path = Path(path)
     wanted = sorted({int(i) for i in indices})
     if not wanted or wanted[0] < 0:

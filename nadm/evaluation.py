@@ -6,10 +6,10 @@ FVD16/KVD16/IS on one 16-frame clip per video, as mean +- std over trials (rando
 CLIP-text/CLIP-temp/warp/flicker per video, averaged over the set. The math is in `nadm.metrics`.
 
 Reading: each video is decoded at most once per set. Where a set needs only the clips (the real videos, and
-generated sets scored on FVD/KVD/IS alone) a video file is decoded only up to the clip's last frame and only
-the clip's frames are converted to RGB: the same frames, bit for bit, as `nadm.io.read_video` followed by
-`nadm.metrics.cut_clip`. GIF/WebP animations (frames expanded by their durations), frame folders and
-padded mp4s (cropped by their sidecar) are read whole and cut.
+generated sets scored on FVD/KVD/IS alone) a video is read with `nadm.io.read_video(path, indices)`: only the
+clip's frames, the same bit for bit as reading it whole and cutting the clip (`nadm.metrics.cut_clip`), with
+video files decoded no further than the clip's last frame and frame folders opening only its images (GIF/WebP
+are read whole: their frame durations set the numbering).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nadm.errors import NADMError
-from nadm.io import read_sidecar, read_video
+from nadm.io import VideoTooShort, read_video
 from nadm.metric_networks import DEFAULT_CLIP_MODEL, C3DProbabilities, ClipScorer, I3DFeatures
 from nadm.metrics import (
     CLIP_FRAMES,
@@ -89,17 +89,17 @@ class _Networks:
 
 def read_clip(path: Path, stride: int, frames: np.ndarray | None = None) -> np.ndarray:
     """The FVD16/IS clip of one video (its first 16 frames at `stride`) as a new `(16, H, W, 3)` array: cut
-    from `frames` (the whole video, already read) when given, else decoded only up to the clip's last frame
-    where the format allows. NADMError naming the path when the video is too short or unreadable."""
+    from `frames` (the whole video, already read) when given, else read alone (`read_video(path, indices)`).
+    NADMError naming the path when the video is too short, the same either way, or unreadable."""
     path = Path(path).expanduser()
-    if frames is None and _decodes_in_part(path):
-        picked, length = _decode_prefix(path, _clip_rule(path, None, stride))
-        _clip_rule(path, length, stride)  # too short: the same error as cutting the whole video
-        return np.stack(picked)
-    if frames is None:
-        frames = _read_whole(path)
-    wanted = _clip_rule(path, len(frames), stride)
-    return frames[: wanted.stop : stride].copy()  # a copy: a queued clip must not keep the whole video alive
+    if frames is not None:
+        wanted = _clip_rule(path, len(frames), stride)
+        return frames[: wanted.stop : stride].copy()  # a copy: a queued clip must not keep the whole video alive
+    try:
+        return read_video(path, _clip_rule(path, None, stride))[0]
+    except VideoTooShort as e:
+        _clip_rule(path, e.length, stride)  # raises the error cutting the whole video gives
+        raise
 
 
 def _clip_rule(path: Path, length: int | None, stride: int) -> range:
@@ -108,46 +108,6 @@ def _clip_rule(path: Path, length: int | None, stride: int) -> range:
         return clip_indices(length, CLIP_FRAMES, stride)
     except ValueError as e:
         raise NADMError(f"{path}: {e}; remove short videos or lower the stride") from e
-
-
-def _read_whole(path: Path) -> np.ndarray:
-    """Every frame of one video, through nadm.io."""
-    return read_video(path)[0]
-
-
-def _decodes_in_part(path: Path) -> bool:
-    """True for a file `read_video` decodes with PyAV and returns as decoded, frame i being the i-th decoded
-    frame (no mp4 padding to crop): only there is stopping early the same as reading whole and cutting."""
-    if not path.is_file() or path.suffix.lower() in (".gif", ".webp"):
-        return False
-    return not (read_sidecar(path) or {}).get("stored_size")
-
-
-def _decode_prefix(path: Path, wanted: range) -> tuple[list[np.ndarray], int]:
-    """The RGB frames at the `wanted` decode positions, decoding no further than the last one, and how many
-    frames were decoded (fewer than `wanted.stop`: the whole video, which is too short)."""
-    import av
-
-    picked: list[np.ndarray] = []
-    count, size = 0, None
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise NADMError(f"{path} has no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                if size is not None and (frame.width, frame.height) != size:
-                    raise NADMError(f"{path} changes frame size mid-stream; nadm needs one size")
-                size = (frame.width, frame.height)
-                if count in wanted:
-                    picked.append(frame.to_ndarray(format="rgb24"))
-                count += 1
-                if count == wanted.stop:
-                    break
-    except NADMError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise NADMError(f"cannot decode {path}: {e}") from e
-    return picked, count
 
 
 class _ClipBatcher:
@@ -271,7 +231,7 @@ def _score_set(
     per_video: dict[str, list[float]] = {m: [] for m in PER_VIDEO if m in want}
     bar = tqdm(fake.paths, desc=f"{fake.label}", unit="video", disable=not opt.progress, file=sys.stderr)
     for i, path in enumerate(bar):
-        frames = _read_whole(path) if per_video else None
+        frames = read_video(path)[0] if per_video else None
         if batchers:
             clip = read_clip(path, opt.fake_stride, frames)
             for batcher in batchers:

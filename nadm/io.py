@@ -12,6 +12,9 @@ Output formats, chosen by the path's suffix (`VIDEO_SUFFIXES`), or no suffix for
   longer frame; `read_video` expands frames back by their durations, so the frame count survives.
 - folder: `00000.png`, `00001.png`, ... (lossless).
 
+`read_video` reads all of these, and any video file FFmpeg decodes (opened through `nadm.decode`), with frames
+numbered in decode order; given frame numbers it reads only those frames, stopping early where it can.
+
 Every write goes to a temporary name in the target directory and is renamed into place, so a crash never
 leaves a half-written output, and nothing is replaced unless `overwrite=True`. Beside the output,
 `<output>.json` (e.g. `clip.mp4.json`, `frames.json` for folder `frames`) holds the caller's metadata plus
@@ -31,7 +34,7 @@ import uuid
 from fractions import Fraction
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -319,6 +322,14 @@ def _json_default(value: Any) -> Any:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+class VideoTooShort(NADMError):
+    """`read_video` was asked for a frame past the video's end; `length` is how many frames the video has."""
+
+    def __init__(self, path: Path, length: int, needed: int) -> None:
+        super().__init__(f"{path} has {length} frames, frame {needed - 1} was asked for")
+        self.length = length
+
+
 def read_sidecar(path: str | os.PathLike) -> dict | None:
     """The parsed `<path>.json` sidecar, or None when there is none (NADMError if it is not valid JSON)."""
     side = sidecar_path(path)
@@ -331,21 +342,31 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key that compares digit runs as numbers: frame2 < frame10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _read_folder(folder: Path) -> np.ndarray:
-    """All images of a folder, sorted by name (digit runs as numbers), as (N, H, W, 3) uint8."""
+def _check_length(path: Path, indices: list[int] | None, length: int) -> None:
+    """VideoTooShort unless a video of `length` frames has every frame number in `indices` (None: all)."""
+    if indices is not None and max(indices) >= length:
+        raise VideoTooShort(path, length, max(indices) + 1)
+
+
+def _read_folder(folder: Path, indices: list[int] | None) -> np.ndarray:
+    """The images of a folder sorted by name (digit runs as numbers), all or only those at `indices`, as
+    (N, H, W, 3) uint8."""
     from PIL import Image, UnidentifiedImageError
 
     files = sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
     if not files:
         raise NADMError(f"no image frames ({', '.join(IMAGE_SUFFIXES)}) in the folder {folder}")
+    _check_length(folder, indices, len(files))
+    if indices is not None:
+        files = [files[i] for i in indices]
     frames = []
     for file in files:
         try:
@@ -385,46 +406,67 @@ def _read_animation(path: Path) -> tuple[np.ndarray, float]:
     return np.repeat(stacked, repeats, axis=0), 1000.0 / base
 
 
-def _read_av(path: Path) -> tuple[np.ndarray, float]:
-    """Any video PyAV (FFmpeg) decodes: all frames of the first video stream as RGB, and its frame rate."""
-    import av
+def _read_av(path: Path, indices: list[int] | None) -> tuple[np.ndarray, float]:
+    """Any video PyAV (FFmpeg) decodes: the frames of its first video stream in decode order, all or only those
+    at `indices` (decoding stops after the last of them, only they are converted to RGB), and its fps (0 when
+    the file states none)."""
+    from nadm.decode import DECODE_ERRORS, frame_rate, open_video
 
+    stop = None if indices is None else max(indices) + 1
+    wanted = None if indices is None else set(indices)
+    picked: dict[int, np.ndarray] = {}
+    count, size, fps = 0, None, 0.0
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise NADMError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except NADMError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as e:
+        container, stream = open_video(path)
+        with container:
+            with contextlib.suppress(NADMError):  # no rate in the file: read_video falls back to another
+                fps = float(frame_rate(stream))
+            for frame in container.decode(stream):
+                if size is not None and (frame.width, frame.height) != size:
+                    raise NADMError(f"{path} changes frame size mid-stream; nadm needs one size")
+                size = (frame.width, frame.height)
+                if wanted is None or count in wanted:
+                    picked[count] = frame.to_ndarray(format="rgb24")
+                count += 1
+                if count == stop:
+                    break
+    except DECODE_ERRORS as e:
         raise NADMError(f"cannot decode {path}: {e}") from e
-    if not frames:
+    if not count:
         raise NADMError(f"{path} contains no decodable video frames")
-    if any(f.shape != frames[0].shape for f in frames):
-        raise NADMError(f"{path} changes frame size mid-stream; nadm needs one size")
-    fps = float(rate) if rate else 0.0
-    return np.stack(frames), fps
+    _check_length(path, indices, count)
+    return np.stack([picked[i] for i in (range(count) if indices is None else indices)]), fps
 
 
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
     """Frames `(N, H, W, 3) uint8` RGB and fps from a video file, GIF/WebP, or a folder of image frames.
 
     fps comes from the `<path>.json` sidecar when there is one (nadm's own exact value), else from the file;
     a folder without a sidecar plays at DEFAULT_FOLDER_FPS. mp4 padding recorded in the sidecar is cropped.
+
+    Frame i is the i-th frame in decode order (file order for a folder; for GIF/WebP after expanding merged
+    frames by their durations). With `indices` (frame numbers >= 0) only those frames come back, in that
+    order, the same bit for bit as `read_video(path)[0][indices]`: a video file is decoded no further than the
+    last of them and a folder opens only their images (GIF/WebP are read whole: the durations of all frames
+    set the numbering); `VideoTooShort` (an NADMError) when the video has no frame at one of them.
     """
     src = Path(path).expanduser()
     if not src.exists():
         raise NADMError(f"input {src} does not exist")
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if not indices or min(indices) < 0:
+            raise ValueError(f"indices must be a non-empty list of frame numbers >= 0, got {indices}")
     side = read_sidecar(src)
-    # 1. decode by kind
+    # 1. decode by kind (only the frames at `indices`, where the format allows)
     if src.is_dir():
-        frames, fps = _read_folder(src), DEFAULT_FOLDER_FPS
+        frames, fps = _read_folder(src, indices), DEFAULT_FOLDER_FPS
     elif src.suffix.lower() in (".gif", ".webp"):
         frames, fps = _read_animation(src)
+        _check_length(src, indices, len(frames))
+        frames = frames if indices is None else frames[indices]
     else:
-        frames, fps = _read_av(src)
+        frames, fps = _read_av(src, indices)
     # 2. undo the writer's mp4 padding (the sidecar says the true size and the stored one)
     if side and side.get("stored_size") and isinstance(side.get("width"), int) and isinstance(side.get("height"), int):
         if list(side["stored_size"]) == [frames.shape[2], frames.shape[1]]:
@@ -441,8 +483,10 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 __all__ = [
     "VIDEO_SUFFIXES",
     "DEFAULT_FOLDER_FPS",
+    "VideoTooShort",
     "check_output_path",
     "environment_versions",
+    "natural_key",
     "read_sidecar",
     "read_video",
     "sidecar_path",

@@ -206,3 +206,65 @@ def test_reads_real_video(shared_data):
         pytest.skip("annarbor.mp4 not present")
     frames, fps = io.read_video(clip)
     assert frames.shape[1:] == (544, 960, 3) and len(frames) > 100 and 20 < fps < 35
+
+
+@pytest.mark.parametrize("name", ["a.mp4", "odd.mp4", "a.gif", "a.webp", "frames"])
+def test_reading_some_frames_equals_indexing_the_whole_video(tmp_path, name):
+    h, w = (45, 61) if name == "odd.mp4" else (48, 64)
+    frames = _clip(n=12, h=h, w=w)
+    frames[5] = frames[4]  # merged by the GIF/WebP encoders, expanded again on reading
+    out = io.write_video(frames, tmp_path / name, fps=8)
+    whole, fps = io.read_video(out)
+    for indices in ([0], [3, 1, 11], range(0, 12, 5), [6, 6]):
+        part, part_fps = io.read_video(out, indices)
+        assert part_fps == fps and part.flags.c_contiguous
+        np.testing.assert_array_equal(part, whole[list(indices)])
+    with pytest.raises(io.VideoTooShort, match="has 12 frames, frame 12 was asked for") as err:
+        io.read_video(out, [0, 12])
+    assert err.value.length == 12
+    with pytest.raises(ValueError, match="frame numbers >= 0"):
+        io.read_video(out, [2, -1])
+
+
+def test_reading_some_frames_decodes_only_up_to_the_last(tmp_path, monkeypatch):
+    from nadm import decode
+
+    out = io.write_video(_clip(n=12), tmp_path / "c.mp4", fps=8)
+    decoded = []
+    open_video = decode.open_video
+
+    class Counting:
+        """A container that counts the frames it decodes."""
+
+        def __init__(self, container) -> None:
+            self.container = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+
+        def decode(self, stream):
+            for frame in self.container.decode(stream):
+                decoded.append(frame.pts)
+                yield frame
+
+    def counting_open(path):
+        container, stream = open_video(path)
+        return Counting(container), stream
+
+    monkeypatch.setattr(decode, "open_video", counting_open)
+    assert len(io.read_video(out, [4, 2])[0]) == 2
+    assert len(decoded) == 5
+    decoded.clear()
+    assert len(io.read_video(out)[0]) == 12 and len(decoded) == 12
+
+
+def test_reading_some_frames_of_a_folder_opens_only_theirs(tmp_path):
+    out = io.write_video(_clip(n=6), tmp_path / "frames", fps=8)
+    expected = io.read_video(out)[0][[4, 0]]
+    (out / "00005.png").write_bytes(b"not a png")
+    np.testing.assert_array_equal(io.read_video(out, [4, 0])[0], expected)
+    with pytest.raises(NADMError, match="00005.png"):
+        io.read_video(out)
