@@ -29,3 +29,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """A folder with test-made TorchScript stand-ins for the I3D and C3D weight files (tests/fakes.py)."""
+    from fakes import save_metric_weights
+
+    return save_metric_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP model, tokenizer and image processor saved offline (tests/fakes.py)."""
+    from fakes import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))

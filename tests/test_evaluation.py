@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_metrics  # the tiny stand-in networks and test videos
-from test_metrics import translating
+from fakes import translating
 
 from nadm import evaluation, metrics
 from nadm.errors import NADMError
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-clip_dir, weights_dir = test_metrics.clip_dir, test_metrics.weights_dir  # fixtures shared with the metric tests
 
 
 # ------------------------------------------------------------------------------------- reading clips
