@@ -434,16 +434,19 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
         load_noise_adapter(adapter, init.noise_adapter)
         say(f"noise adapter initialised from {init.source}")
     # 4. freeze SD; then also the motion parameters no gradient reaches under these attention types
-    module, unused = trainable_module(video_unet, adapter, cfg.run.gradient_checkpointing)
+    module, unused = trainable_module(video_unet, adapter, cfg.run.gradient_checkpointing, cfg.run.compile)
     for part in (parts.vae, parts.text_encoder):
         if part is not None:
             part.requires_grad_(False).eval()
     return cfg, parts, module, unused
 
 
-def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: bool = False):
+def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: bool = False, compile: bool = False):
     """The module nadm trains (Sec. III-D3): SD frozen, motion modules and noise adapter trainable, except the
-    motion parameters no gradient reaches under the configured attention types. Returns (module, their names)."""
+    motion parameters no gradient reaches under the configured attention types. Returns (module, their names).
+
+    compile: torch.compile the module in place (its state-dict keys, checkpoints and DDP wrapping stay as they are).
+    """
     module = NADMTrainModule(video_unet, adapter)
     freeze_for_training(video_unet, adapter)
     unused = unused_trainable_parameters(module)
@@ -452,6 +455,8 @@ def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: 
             p.requires_grad_(False)
     if gradient_checkpointing:
         video_unet.enable_gradient_checkpointing()
+    if compile:
+        module.compile()
     return module, unused
 
 

@@ -215,6 +215,21 @@ def test_short_run_logs_exports_and_keeps_sd_frozen(env, tmp_path, capsys):
     assert video_path.is_file() and json.loads(Path(f"{video_path}.json").read_text())["motion"]["kind"] == "nadm"
 
 
+def test_compiled_training_follows_the_eager_run_and_exports_the_same_keys(env, tmp_path):
+    """`--compile` (torch.compile in place): the same losses up to float reassociation, checkpoints keyed as eager."""
+    from nadm.checkpoint import load_checkpoint
+
+    eager = train(tiny_config(env, **{"optim.max_steps": 2}), tmp_path / "eager", progress=False)
+    compiled = train(tiny_config(env, **{"optim.max_steps": 2, "run.compile": True}), tmp_path / "compiled", progress=False)
+    assert compiled.module._compiled_call_impl is not None and eager.module._compiled_call_impl is None
+    for key in ("loss", "loss_diffusion", "loss_contrastive"):
+        assert [r[key] for r in compiled.history] == pytest.approx([r[key] for r in eager.history], rel=1e-3)
+    got = load_checkpoint(compiled.checkpoint / EXPORT)
+    want = load_checkpoint(eager.checkpoint / EXPORT)
+    assert got.motion.keys() == want.motion.keys() and got.noise_adapter.keys() == want.noise_adapter.keys()
+    assert all(torch.allclose(got.motion[k], want.motion[k], atol=1e-4) for k in want.motion)
+
+
 def test_contrastive_loss_falls_on_a_fixed_batch():
     """Alg. 1's step, repeated on one fixed batch (latents, noise, t): L_con falls; with lambda_con = 0 it does not."""
     from nadm.losses import NoiseAdapter

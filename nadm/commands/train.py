@@ -29,6 +29,7 @@ FLAG_KEYS = {
     "seed": "run.seed",
     "mixed_precision": "run.mixed_precision",
     "gradient_checkpointing": "run.gradient_checkpointing",
+    "compile": "run.compile",
     "checkpoint_every": "run.checkpoint_every",
     "keep_checkpoints": "run.checkpoints_total_limit",
     "log_every": "run.log_every",
@@ -82,6 +83,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
               help="Keep an EMA of the trainable weights (exported instead of the raw ones).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), help="[default: no]")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the trained module (slow first steps). [default: no]")
 @click.option("--seed", type=int, help="Seed of weights, data order, noise and timesteps. [default: 0]")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints (also one at the end). [default: 1000]")
 @click.option("--keep-checkpoints", type=int, help="Keep only the newest K checkpoints. [default: all]")
