@@ -9,7 +9,7 @@ modules, and measures in one run, side by side:
    256x256, 25 DDIM steps, guidance 8) and at 16 frames 512x512; the quality check compares every nadm variant
    with nadm's float32 eager path (one UNet pass and the whole clip) and makes the script exit 1 on failure;
 2. a training step (batch 1) at 8 frames 256x256 and 16 frames 512x512: nadm's step as `nadm train` builds it
-   (both losses, cached latents, bf16, fused AdamW), with and without gradient checkpointing, against a plain
+   (both losses, cached latents, bf16, fused AdamW), as is, with gradient checkpointing and compiled, against a plain
    diffusers `UNetMotionModel` step with fp16 autocast (VAE and text encoder run every step);
 3. SOFP throughput: `dis` on the CPU and `raft` on the GPU where torchvision is installed, at 512x512.
 
@@ -300,11 +300,12 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
     losses = SimpleNamespace(tau=0.07, m=4, positive="next", lambda_diff=1.0, lambda_con=0.07)
     dtype = torch.bfloat16 if on_gpu else torch.float32
 
-    # 1. nadm: cached latents and text embeddings, frozen SD in bf16 with bf16 autocast on the GPU, fused AdamW
-    for checkpointing in (False, True):
+    # 1. nadm: cached latents and text embeddings, frozen SD in bf16 with bf16 autocast on the GPU, fused AdamW;
+    #    as is, with gradient checkpointing, and torch.compiled (`nadm train --compile`)
+    for checkpointing, compiled in ((False, False), (True, False), (False, True)):
         video = build_video_unet(copy.deepcopy(models.unet2d), models.config, models.motion).to(device)
         adapter = NoiseAdapter.from_config(models.config).to(device)
-        module, _ = trainable_module(video, adapter, checkpointing)
+        module, _ = trainable_module(video, adapter, checkpointing, compiled)
         if on_gpu:
             cast_frozen(module.unet, dtype)
         module.train()
@@ -320,7 +321,7 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
             opt.zero_grad(set_to_none=True)
             return out.total.item()
 
-        row = {"checkpointing": checkpointing}
+        row = {"checkpointing": checkpointing, "compile": compiled}
         row["s"], row["peak_gib"], _ = measure(nadm_step, device, repeats)
         result["nadm"].append(row)
         free(module, video, adapter, opt)
@@ -463,7 +464,7 @@ def report(results: dict) -> str:
     for t in results["training"].values():
         for r in t["nadm"]:
             fits = "n/a" if r["peak_gib"] is None else ("yes" if r["peak_gib"] * 2**30 <= TRAIN_MEMORY_TARGET_GB * 1e9 else "no")
-            step = "nadm" + (" + checkpointing" if r["checkpointing"] else "")
+            step = "nadm" + (" + checkpointing" if r["checkpointing"] else "") + (" + compile" if r.get("compile") else "")
             lines.append(f"| {t['setting']} | {step} | {r['s']:.3f} | {r['throughput_ratio']:.2f}x | {fmt(r['peak_gib'])} | {fits} |")
         pl = t["plain"]
         lines.append(f"| {t['setting']} | plain UNetMotionModel (fp16 autocast) | {pl['s']:.3f} | 1.00x | {fmt(pl['peak_gib'])} | |")
@@ -492,7 +493,7 @@ No GPU was available to the session that wrote this file, so none of the figures
 | generation seconds/video, nadm (eager, channels-last, compile, compile+cudagraphs) vs AnimateDiffPipeline | 8 f 256 px and 16 f 512 px, 25 DDIM steps, guidance 8 | not yet measured |
 | peak GPU memory, generation | both settings | not yet measured |
 | UNet achieved TFLOP/s and % of bf16 peak | both settings | not yet measured |
-| training seconds/step and peak memory, nadm (with/without checkpointing) vs plain UNetMotionModel | 8 f 256 px, 16 f 512 px | not yet measured |
+| training seconds/step and peak memory, nadm (as is, + checkpointing, + compile) vs plain UNetMotionModel | 8 f 256 px, 16 f 512 px | not yet measured |
 | SOFP with `raft` on the GPU | 512 px | not yet measured |
 
 Run `python benchmarks/speed.py` on a CUDA machine to fill them in (it replaces this file; `--only` runs a part and merges).
