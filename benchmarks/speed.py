@@ -286,7 +286,7 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
     from nadm.losses import NoiseAdapter
     from nadm.motion import build_video_unet
     from nadm.pipeline import PAPER_SCHEDULE
-    from nadm.train import cast_frozen, trainable_module, training_step
+    from nadm.train_step import cast_frozen, trainable_module, training_step
 
     on_gpu = device.startswith("cuda")
     kind = device.split(":")[0]

@@ -118,7 +118,7 @@ def nadm_step(s: Setting, checkpointing: bool, tracker: LiveBytes) -> dict:
 
 def _nadm_steps(s, video, adapter, checkpointing: bool, tracker: LiveBytes) -> dict:
     from nadm.sd15 import UNET
-    from nadm.train import cast_frozen, make_noise_scheduler, trainable_module, training_step
+    from nadm.train_step import cast_frozen, make_noise_scheduler, trainable_module, training_step
 
     materialize(video)
     materialize(adapter)

@@ -1,10 +1,11 @@
 """Training NADM on accelerate (Sec. III-D3, IV-A1, Alg. 1): only the motion module and the noise adapter learn.
 
 `train(config, output_dir)` runs Alg. 1's training loop on a frozen Stable Diffusion 1.5 with accelerate
-(mixed precision, gradient accumulation, DDP under `accelerate launch`); nadm.runfolder describes the output
-folder. Determinism: the data order is a function of (seed, epoch), each clip's frames and caption dropout of
-(seed, epoch, index), the noise and timesteps of (seed, step, micro-batch, rank). A resumed run skips the
-batches already seen, so it reproduces the losses of an uninterrupted one.
+(mixed precision, gradient accumulation, DDP under `accelerate launch`): nadm.train_step holds the trained
+module and Alg. 1's step, nadm.train_data the batches, nadm.runfolder the output folder. Determinism: the data
+order is a function of (seed, epoch), each clip's frames and caption dropout of (seed, epoch, index), the noise
+and timesteps of (seed, step, micro-batch, rank). A resumed run skips the batches already seen, so it
+reproduces the losses of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from nadm import __version__
 from nadm.config import (
@@ -34,9 +33,19 @@ from nadm.config import (
     train_preset,
 )
 from nadm.errors import NADMError
-from nadm.losses import NoiseAdapter, diffusion_loss, noise_contrastive_loss, total_loss
-from nadm.motion import build_video_unet, freeze_for_training, parameter_counts, predict_noise
+from nadm.losses import NoiseAdapter
+from nadm.motion import build_video_unet, parameter_counts
 from nadm.runfolder import CHECKPOINTS, EXPORT, RUN_CONFIG, SUMMARY, WEIGHTS, find_checkpoint
+from nadm.train_data import EpochShuffleSampler, batch_inputs, batch_stream, make_dataset
+from nadm.train_step import (
+    NADMTrainModule,
+    cast_frozen,
+    is_trainable_key,
+    make_noise_scheduler,
+    step_generator,
+    trainable_module,
+    training_step,
+)
 
 # Settings a resumed run may change; anything else must match the checkpoint's config.
 RESUMABLE = {"optim.max_steps", "run.checkpoint_every", "run.checkpoints_total_limit", "run.log_every", "data.num_workers"}
@@ -134,101 +143,6 @@ def resolve_config(
     return config
 
 
-# ------------------------------------------------------------------------------------------ model and step
-
-
-class NADMTrainModule(nn.Module):
-    """epsilon_theta (SD's UNet + the motion module) and the noise adapter g as one module, so DDP syncs both."""
-
-    def __init__(self, unet: nn.Module, adapter: NoiseAdapter):
-        super().__init__()
-        self.unet, self.adapter = unet, adapter
-
-    def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor):
-        """(b, c, f, h, w) latents -> (predicted noise (b, c, f, h, w), adapter embeddings (b, f, d))."""
-        noise_pred = predict_noise(self.unet, noisy_latents, timesteps, text)
-        return noise_pred, self.adapter(noise_pred)
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Motion-module and noise-adapter weights (keys `unet.<...motion_modules...>` and `adapter.<...>`)."""
-        return {k: v for k, v in self.state_dict().items() if _is_trainable_key(k)}
-
-
-def _is_trainable_key(key: str) -> bool:
-    return key.startswith("adapter.") or (key.startswith("unet.") and "motion_modules" in key)
-
-
-@dataclass
-class StepLosses:
-    """The three losses of one micro-batch (Eq. 12, 11, 13), as float32 tensors with their graph."""
-
-    diffusion: torch.Tensor
-    contrastive: torch.Tensor
-    total: torch.Tensor
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """A CPU generator for one micro-batch's noise and timesteps: a function of (seed, step, micro-batch, rank)."""
-    state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) >> 1)
-
-
-def training_step(
-    module: nn.Module,
-    latents: torch.Tensor,
-    text: torch.Tensor,
-    generator: torch.Generator,
-    noise_scheduler,
-    loss_cfg,
-) -> StepLosses:
-    """One training step of Alg. 1 (Sec. III-D3) on clean latents z_0 `(b, c, f, h, w)` and text `(b, tokens, dim)`."""
-    if latents.ndim != 5:
-        raise ValueError(f"latents must be (batch, channels, frames, height, width), got {tuple(latents.shape)}")
-    b = latents.shape[0]
-    # 1. eps ~ N(0, I) per frame and t ~ Uniform{0..T-1}, one t per video, from this step's own generator
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
-    # 2. forward diffusion z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps (Eq. 2)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    # 3. eps_theta(z_t, t, tau(y)) through the video UNet, and g(eps_theta^i) for every frame (Sec. III-D2)
-    noise_pred, embeddings = module(noisy, timesteps, text)
-    # 4. L_diff: MSE between eps and eps_theta (Eq. 12)
-    l_diff = diffusion_loss(noise_pred, noise)
-    # 5. L_con: InfoNCE over each video's frames, anchors 1..N-1, never across videos (Eq. 9-11)
-    l_con = noise_contrastive_loss(embeddings, tau=loss_cfg.tau, m=loss_cfg.m, positive=loss_cfg.positive)
-    # 6. L = lambda_diff * L_diff + lambda_con * L_con (Eq. 13)
-    return StepLosses(l_diff, l_con, total_loss(l_diff, l_con, loss_cfg.lambda_diff, loss_cfg.lambda_con))
-
-
-def make_noise_scheduler(noise_cfg):
-    """The training forward process: DDPM with linear betas 0.00085-0.012 over 1000 steps (Sec. IV-A1)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        num_train_timesteps=noise_cfg.num_train_timesteps,
-        beta_start=noise_cfg.beta_start,
-        beta_end=noise_cfg.beta_end,
-        beta_schedule=noise_cfg.beta_schedule,
-        prediction_type=noise_cfg.prediction_type,
-    )
-
-
-def unused_trainable_parameters(module: NADMTrainModule) -> list[str]:
-    """Trainable parameters no gradient can reach under the configured attention types (e.g. sparse-causal
-    attention never uses its query/key projections, Eq. 8): found by one tiny forward/backward pass."""
-    unet = module.unet
-    param = next(unet.parameters())
-    side = 2 ** (len(unet.config.block_out_channels) - 1)  # the smallest latent every down block can halve
-    latents = torch.zeros(1, unet.config.in_channels, 2, side, side, device=param.device, dtype=param.dtype)
-    text = torch.zeros(1, 1, unet.config.cross_attention_dim, device=param.device, dtype=param.dtype)
-    module.zero_grad(set_to_none=True)
-    noise_pred, embeddings = module(latents, torch.zeros(1, dtype=torch.long, device=param.device), text)
-    (noise_pred.float().sum() + embeddings.float().sum()).backward()
-    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
-    module.zero_grad(set_to_none=True)
-    return unused
-
-
 # ------------------------------------------------------------------------------------------ base, init weights
 
 
@@ -255,82 +169,6 @@ def resolve_model_config(run_model: NADMConfig, unet2d, init=None) -> NADMConfig
             f"{e}; set model.block_out_channels / model.motion_layers_per_block in the config to the base UNet's"
         ) from None
     return model
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """A new permutation of the clips every epoch, a pure function of (seed, epoch) (resumable, rank-independent)."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng([self.seed, self.epoch, 1]).permutation(self.size).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def make_dataset(config: TrainConfig):
-    """Live clips from ROOT (`VideoClipDataset`) or cached latents (`CachedLatentDataset`), Sec. IV-A1."""
-    from nadm.data import DataConfig, VideoClipDataset
-    from nadm.latent_cache import CachedLatentDataset
-
-    d = config.data
-    if d.latent_cache is not None:
-        dataset = CachedLatentDataset(d.latent_cache, empty_caption_prob=d.empty_caption_prob, seed=config.run.seed)
-        cached = dataset.manifest.get("data", {})
-        wrong = [k for k in ("frames", "stride", "resolution") if cached.get(k) != getattr(d, k)]
-        if wrong:
-            shown = ", ".join(f"{k} {cached.get(k)} (config: {getattr(d, k)})" for k in wrong)
-            raise NADMError(f"the latent cache {d.latent_cache} was made with {shown}; rebuild it or change the config")
-        return dataset
-    return VideoClipDataset(
-        DataConfig(
-            root=d.root,
-            frames=d.frames,
-            stride=d.stride,
-            resolution=d.resolution,
-            empty_caption_prob=d.empty_caption_prob,
-            seed=config.run.seed,
-            captions_file=d.captions_file,
-            allow_empty_captions=d.allow_empty_captions,
-        )
-    )
-
-
-def batch_stream(loader, sampler: EpochShuffleSampler, dataset, accelerator, start_batch: int) -> Iterator[dict]:
-    """Micro-batches forever, epoch after epoch, starting after the first `start_batch` (a resumed run's position)."""
-    per_epoch = len(loader)
-    epoch, skip = divmod(start_batch, per_epoch)
-    while True:
-        loader.set_epoch(epoch)  # accelerate's own epoch counter, which it re-applies when iteration starts
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        yield from accelerator.skip_first_batches(loader, skip) if skip else loader
-        epoch, skip = epoch + 1, 0
-
-
-@torch.no_grad()
-def batch_inputs(batch: dict, parts, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """z_0 `(b, c, f, h, w)` (VAE means times the scaling factor) and tau(y) `(b, tokens, dim)` of a batch."""
-    from nadm.latent_cache import encode_frames, encode_text
-
-    if "latents" in batch:  # cached: (b, f, c, h, w) already scaled
-        latents, text = batch["latents"], batch["encoder_hidden_states"]
-    else:  # live: (b, f, 3, R, R) in [-1, 1]
-        pixels = batch["pixel_values"]
-        b, f = pixels.shape[:2]
-        latents = encode_frames(pixels.reshape(b * f, *pixels.shape[2:]), parts.vae)  # (b*f, c, h, w)
-        latents = latents.reshape(b, f, *latents.shape[1:])
-        text = encode_text(batch["caption"], parts.tokenizer, parts.text_encoder)
-    latents = latents.permute(0, 2, 1, 3, 4)  # (b, f, c, h, w) -> (b, c, f, h, w)
-    return latents.to(device, torch.float32).contiguous(), text.to(device, dtype)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -441,25 +279,6 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     return cfg, parts, module, unused
 
 
-def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: bool = False, compile: bool = False):
-    """The module nadm trains (Sec. III-D3): SD frozen, motion modules and noise adapter trainable, except the
-    motion parameters no gradient reaches under the configured attention types. Returns (module, their names).
-
-    compile: torch.compile the module in place (its state-dict keys, checkpoints and DDP wrapping stay as they are).
-    """
-    module = NADMTrainModule(video_unet, adapter)
-    freeze_for_training(video_unet, adapter)
-    unused = unused_trainable_parameters(module)
-    for name, p in module.named_parameters():
-        if name in unused:
-            p.requires_grad_(False)
-    if gradient_checkpointing:
-        video_unet.enable_gradient_checkpointing()
-    if compile:
-        module.compile()
-    return module, unused
-
-
 def _trainable_weights(accelerator, module, ema=None, trainable=None) -> dict[str, torch.Tensor]:
     """The motion-module and adapter weights (the EMA ones with `ema`), gathered whole where accelerate shards
     them (FSDP, DeepSpeed ZeRO-3): every rank must call it; copies on the CPU."""
@@ -468,7 +287,7 @@ def _trainable_weights(accelerator, module, ema=None, trainable=None) -> dict[st
         ema.copy_to(trainable)
     try:
         state = accelerator.get_state_dict(module)
-        return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if _is_trainable_key(k)}
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if is_trainable_key(k)}
     finally:
         if ema is not None:
             ema.restore(trainable)
@@ -701,14 +520,6 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
             say(f"done at step {state.step}; motion weights: {last_checkpoint / EXPORT}")
     accelerator.wait_for_everyone()
     return TrainResult(out, state.step, last_checkpoint, history, raw)
-
-
-def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
-    """SD's frozen weights to `dtype` in place; the motion module (trainable, or frozen as unused, but exported
-    either way) and the adapter stay float32, the master copy autocast computes from."""
-    for name, p in module.named_parameters():
-        if not p.requires_grad and "motion_modules" not in name and p.is_floating_point():
-            p.data = p.data.to(dtype)
 
 
 def _hparams(cfg: TrainConfig) -> dict:

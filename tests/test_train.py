@@ -235,7 +235,7 @@ def test_contrastive_loss_falls_on_a_fixed_batch():
     from nadm.losses import NoiseAdapter
     from nadm.motion import build_video_unet, freeze_for_training
     from nadm.tiny import TINY_MOTION, tiny_unet
-    from nadm.train import NADMTrainModule, make_noise_scheduler, step_generator, training_step
+    from nadm.train_step import NADMTrainModule, make_noise_scheduler, step_generator, training_step
 
     def run(lambda_con: float) -> list[float]:
         torch.manual_seed(0)
@@ -321,17 +321,17 @@ def test_two_processes_end_with_identical_weights(env, tmp_path):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(env, tmp_path, monkeypatch, capsys):
-    import nadm.train
+    import nadm.train_step
 
     calls = {"n": 0}
-    real = nadm.train.diffusion_loss
+    real = nadm.train_step.diffusion_loss
 
     def nan_at_step_5(pred, target):
         calls["n"] += 1
         loss = real(pred, target)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(nadm.train, "diffusion_loss", nan_at_step_5)
+    monkeypatch.setattr(nadm.train_step, "diffusion_loss", nan_at_step_5)
     out = tmp_path / "nan"
     assert cli_train(env, out, "--max-steps", 8, "--checkpoint-every", 2) == 1
     err = capsys.readouterr().err
@@ -340,7 +340,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(env, tmp_pa
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())  # no partial checkpoint
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
     # the last good checkpoint is whole: it resumes
-    monkeypatch.setattr(nadm.train, "diffusion_loss", real)
+    monkeypatch.setattr(nadm.train_step, "diffusion_loss", real)
     assert cli_train(env, out, "--max-steps", 5, "--checkpoint-every", 2, "--resume", "latest") == 0
     assert np.isfinite(read_metrics(out)[-1]["loss"]) and read_metrics(out)[-1]["step"] == 5
 

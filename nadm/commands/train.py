@@ -102,7 +102,8 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     The resolved config is saved in OUTPUT and beside every checkpoint. Run it under `accelerate launch`
     for several GPUs or processes.
     """
-    from nadm.train import TrainingDiverged, find_checkpoint, resolve_config
+    from nadm.runfolder import find_checkpoint
+    from nadm.train import TrainingDiverged, resolve_config
     from nadm.train import train as run_training
 
     overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if value is not None}
