@@ -289,7 +289,7 @@ class RunConfig:
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile (inductor) the trainable module, through accelerate
+    compile: bool = False  # torch.compile (inductor) the trained module in place
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
     checkpoints_total_limit: int | None = None  # keep only the newest K checkpoints (None: all)
     log_every: int = 10  # steps between console/TensorBoard/metrics.jsonl records (averaged over the window)

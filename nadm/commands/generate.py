@@ -98,7 +98,7 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--fps", type=float, help=f"Playback rate [default: {BASE_FPS:g} x output frames / generated frames, keeping the duration].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
-              help="auto: bfloat16 on CUDA (float16 where unsupported), float32 on MPS/CPU.")
+              help="auto: bfloat16 on CUDA (float16 where the GPU lacks native bf16), float32 on MPS/CPU.")
 @click.option("--vae-slicing", is_flag=True, help="Decode one frame at a time (least VAE memory).")
 @click.option("--vae-tiling", is_flag=True, help="Decode each frame in tiles (for sizes above 512 px).")
 @click.option("--cpu-offload", is_flag=True, help="Keep weights on the CPU; move each model to the device only for its stage.")
