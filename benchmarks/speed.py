@@ -23,6 +23,7 @@ ratios are real there, and absolute CPU times say nothing about a GPU.
 On a GPU machine without network whose Python has PyTorch but not diffusers or PyAV, `benchmarks/gpu_wheels.sh`
 (run where PyPI is reachable) fetches those wheels into .wheels/; there: `pip install --no-deps .wheels/*.whl`,
 then `PYTHONPATH=. python3 benchmarks/speed.py --only ...` part by part, each merging into the results file.
+A first smoke test of every CUDA path takes a minute or two: `--tiny --device cuda --out /tmp/smoke.md`.
 """
 
 from __future__ import annotations
