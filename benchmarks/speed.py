@@ -195,8 +195,10 @@ def bf16_peak(device: str) -> float | None:
     return None
 
 
-def free(*objs) -> None:
-    del objs
+def release() -> None:
+    """Once the caller has dropped its references: drop compiled graphs (and their CUDA-graph memory pools) and cached GPU memory, so
+    the next measurement's peak holds only its own models."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -226,7 +228,8 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, v
     with torch.inference_mode():
         eps_ref = predict_noise(ref_pipe.video_unet, x, t, text).float()
     result["unet_gflop_per_step"] = flops / 1e9
-    free(ref_pipe)
+    ref_pipe = None
+    release()
 
     # 2. nadm's variants (bf16 on the GPU): seconds per video, peak memory, UNet throughput, and the quality check
     for name in variants:
@@ -247,7 +250,8 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, v
         row["frames_psnr"] = None if mse == 0 else float(10 * np.log10(255.0**2 / mse))  # None: bitwise identical
         row["quality_ok"] = quality_ok(row)
         result["nadm"].append(row)
-        free(pipe)
+        pipe = call = fast = None  # the closures above see None: nothing keeps the models alive
+        release()
 
     # 3. diffusers' AnimateDiffPipeline, fp16 + SDPA (its standard GPU recipe; fp32 on the CPU, where fp16 is slow)
     base_dtype = torch.float16 if on_gpu else torch.float32
@@ -263,7 +267,8 @@ def bench_generation(models: Models, s: GenSetting, device: str, repeats: int, v
         dunet_s, _, _ = measure(lambda: dpipe.unet(xd, t, encoder_hidden_states=textd), device, repeats)
     d["unet_tflops"] = d["unet_gflop_per_step"] / 1e3 / dunet_s
     result["diffusers"] = d
-    free(dpipe)
+    dpipe = dcall = None
+    release()
     for row in result["nadm"]:
         row["diffusers_s"], row["speedup"] = d["s"], d["s"] / row["s"]
     return result
@@ -325,7 +330,8 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
         row = {"checkpointing": checkpointing, "compile": compiled}
         row["s"], row["peak_gib"], _ = measure(nadm_step, device, repeats)
         result["nadm"].append(row)
-        free(module, video, adapter, opt)
+        module = video = adapter = opt = params = nadm_step = None
+        release()
 
     # 2. plain diffusers: VAE + text encoder every step, UNetMotionModel forward/backward in fp16 autocast, AdamW
     adapter_d = MotionAdapter(**models.config.adapter_kwargs())
@@ -359,7 +365,8 @@ def bench_training(models: Models, s: TrainSetting, device: str, repeats: int) -
     plain: dict = {}
     plain["s"], plain["peak_gib"], _ = measure(plain_step, device, repeats)
     result["plain"] = plain
-    free(unet, vae, text_encoder, opt_d)
+    unet = vae = text_encoder = opt_d = plain_params = plain_step = None
+    release()
     for row in result["nadm"]:
         row["throughput_ratio"] = plain["s"] / row["s"]
     return result
