@@ -220,7 +220,8 @@ def report(rows: list[dict]) -> str:
                      f"| {r['peak_gib']:.2f} | {fits} |")  # fmt: skip
     lines += ["", "nadm: cached latents and text, frozen SD in bf16, trainable float32 under bf16 autocast, fused AdamW. "
               "plain: float32 weights under fp16 autocast, VAE and text encoder every step, AdamW (foreach). "
-              "'checkpointing' is diffusers' gradient checkpointing of the UNet (`nadm train --gradient-checkpointing`).", ""]  # fmt: skip
+              "'checkpointing' is `nadm train --gradient-checkpointing`: diffusers' (ResNets, spatial transformers) "
+              "plus every motion module.", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -124,10 +124,21 @@ def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: 
         if name in unused:
             p.requires_grad_(False)
     if gradient_checkpointing:
-        video_unet.enable_gradient_checkpointing()
+        enable_checkpointing(video_unet)
     if compile:
         module.compile()
     return module, unused
+
+
+def enable_checkpointing(video_unet) -> None:
+    """Recompute activations in the backward pass: diffusers' checkpointing (ResNets, spatial transformers) plus
+    every motion module, which diffusers leaves out and which holds most of what a step keeps (Sec. III-D1)."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+    video_unet.enable_gradient_checkpointing()
+    # torch's checkpoint wrapper keeps state-dict keys as they were (it strips and restores its own prefix)
+    apply_activation_checkpointing(video_unet, check_fn=lambda m: isinstance(m, AnimateDiffTransformer3D))
 
 
 def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:

@@ -230,6 +230,36 @@ def test_compiled_training_follows_the_eager_run_and_exports_the_same_keys(env, 
     assert all(torch.allclose(got.motion[k], want.motion[k], atol=1e-4) for k in want.motion)
 
 
+def test_checkpointing_recomputes_the_same_step_and_keeps_the_keys():
+    """Gradient checkpointing (diffusers' plus every motion module) changes memory, not the step or the keys."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    from nadm.losses import NoiseAdapter
+    from nadm.motion import build_video_unet
+    from nadm.tiny import TINY_MOTION, tiny_unet
+    from nadm.train_step import make_noise_scheduler, step_generator, trainable_module, training_step
+
+    g = torch.Generator().manual_seed(1)
+    latents, text = torch.randn(2, 4, 4, 4, 4, generator=g), torch.randn(2, 77, 32, generator=g)
+    scheduler, loss_cfg = make_noise_scheduler(NoiseScheduleConfig()), LossConfig(m=1)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        adapter = NoiseAdapter.from_config(TINY_MOTION)
+        module, _ = trainable_module(build_video_unet(tiny_unet(), TINY_MOTION), adapter, checkpointing)
+        module.train()
+        losses = training_step(module, latents, text, step_generator(0, 1, 0, 0), scheduler, loss_cfg)
+        losses.total.backward()
+        grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in module.named_parameters() if p.requires_grad}
+        wrapped = sum(type(m).__name__ == "CheckpointWrapper" for m in module.modules())
+        results.append((losses.total.item(), grads, module.state_dict().keys(), wrapped))
+    (loss, grads, keys, none), (loss_c, grads_c, keys_c, wrapped) = results
+    motion_modules = sum(isinstance(m, AnimateDiffTransformer3D) for m in build_video_unet(tiny_unet(), TINY_MOTION).modules())
+    assert none == 0 and wrapped == motion_modules > 0
+    assert list(keys_c) == list(keys) and loss_c == pytest.approx(loss, rel=1e-6)
+    assert grads_c.keys() == grads.keys() and all(torch.allclose(grads_c[n], grads[n], atol=1e-6) for n in grads)
+
+
 def test_contrastive_loss_falls_on_a_fixed_batch():
     """Alg. 1's step, repeated on one fixed batch (latents, noise, t): L_con falls; with lambda_con = 0 it does not."""
     from nadm.losses import NoiseAdapter
