@@ -215,13 +215,16 @@ def test_short_run_logs_exports_and_keeps_sd_frozen(env, tmp_path, capsys):
     assert video_path.is_file() and json.loads(Path(f"{video_path}.json").read_text())["motion"]["kind"] == "nadm"
 
 
-def test_compiled_training_follows_the_eager_run_and_exports_the_same_keys(env, tmp_path):
-    """`--compile` (torch.compile in place): the same losses up to float reassociation, checkpoints keyed as eager."""
+def test_compiled_checkpointed_training_follows_the_eager_run_and_exports_the_same_keys(env, tmp_path):
+    """`--compile --gradient-checkpointing` (both in place): the eager run's losses up to float reassociation, and
+    checkpoints keyed as eager."""
     from nadm.checkpoint import load_checkpoint
 
     eager = train(tiny_config(env, **{"optim.max_steps": 2}), tmp_path / "eager", progress=False)
-    compiled = train(tiny_config(env, **{"optim.max_steps": 2, "run.compile": True}), tmp_path / "compiled", progress=False)
+    fast = {"optim.max_steps": 2, "run.compile": True, "run.gradient_checkpointing": True}
+    compiled = train(tiny_config(env, **fast), tmp_path / "compiled", progress=False)
     assert compiled.module._compiled_call_impl is not None and eager.module._compiled_call_impl is None
+    assert any(type(m).__name__ == "CheckpointWrapper" for m in compiled.module.modules())
     for key in ("loss", "loss_diffusion", "loss_contrastive"):
         assert [r[key] for r in compiled.history] == pytest.approx([r[key] for r in eager.history], rel=1e-3)
     got = load_checkpoint(compiled.checkpoint / EXPORT)
