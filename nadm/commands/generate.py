@@ -142,6 +142,8 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
         base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
         cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
     )  # fmt: skip
+    if pipe.compile_mode is not None and not quiet:
+        note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
 
     # 4. generate and write each clip
     for text, path in zip(prompts, paths):
