@@ -178,15 +178,18 @@ def parameter_counts(module: nn.Module) -> dict[str, int]:
 
 
 def predict_noise(video_unet, latents: torch.Tensor, timesteps: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-    """epsilon_theta(z_t^{1:N}, t, tau(y)) (Eq. 12): latents `(b, c, f, h, w)`, text `(b, tokens, dim)` -> `(b, c, f, h, w)`."""
+    """epsilon_theta(z_t^{1:N}, t, tau(y)) (Eq. 12): latents `(b, c, f, h, w)`, text `(b, tokens, dim)` for all frames or
+    `(b, f, tokens, dim)` per frame (prompt travel) -> `(b, c, f, h, w)`."""
     if latents.ndim != 5:
         raise ValueError(f"latents must be (batch, channels, frames, height, width), got shape {tuple(latents.shape)}")
     b, _, f = latents.shape[:3]
-    if text_embeddings.ndim != 3 or text_embeddings.shape[0] != b:
-        raise ValueError(f"text embeddings must be ({b}, tokens, dim), got shape {tuple(text_embeddings.shape)}")
+    per_frame = text_embeddings.ndim == 4
+    if text_embeddings.shape[0] != b or text_embeddings.ndim not in (3, 4) or (per_frame and text_embeddings.shape[1] != f):
+        want = f"({b}, tokens, dim) or ({b}, {f}, tokens, dim)"
+        raise ValueError(f"text embeddings must be {want}, got shape {tuple(text_embeddings.shape)}")
     limit = video_unet.config.motion_max_seq_length
     if f > limit:
         raise ValueError(f"{f} frames exceed the motion module's position encoding length ({limit})")
     # diffusers' UNetMotionModel wants one text embedding per frame: (b*f, tokens, dim), frame-major per video.
-    text = text_embeddings.repeat_interleave(f, dim=0)
+    text = text_embeddings.flatten(0, 1) if per_frame else text_embeddings.repeat_interleave(f, dim=0)
     return video_unet(latents, timesteps, encoder_hidden_states=text).sample

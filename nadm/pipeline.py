@@ -406,11 +406,11 @@ class NADMPipeline:
     ) -> VideoResult:
         """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
         import torch
-        from tqdm.auto import tqdm
 
         from nadm.config import to_dict
         from nadm.io import environment_versions
         from nadm.motion import predict_noise
+        from nadm.sampling import OnePrompt, denoise
 
         # 1. check the request; draw a seed when none is given (it is recorded either way)
         check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
@@ -441,14 +441,11 @@ class NADMPipeline:
             step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
 
             # 4. denoise z_T -> z_0: per timestep one UNet pass over [negative, prompt], CFG, sampler step (Eq. 4)
+            def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
+                return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
+
             with self._on_device(self.video_unet):
-                for t in tqdm(scheduler.timesteps, desc="denoising", disable=not show, leave=False):
-                    model_in = scheduler.scale_model_input(torch.cat([latents] * len(text)), t)  # (b, 4, f, h, w)
-                    eps = predict_noise(self.video_unet, model_in.to(self.dtype), t, text).float()
-                    if cfg:
-                        eps_negative, eps_prompt = eps.chunk(2)
-                        eps = eps_negative + guidance * (eps_prompt - eps_negative)
-                    latents = scheduler.step(eps, t, latents, **step_kwargs).prev_sample  # fp32 sampler state
+                latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=show)
             if not torch.isfinite(latents).all():
                 dtype = str(self.dtype).removeprefix("torch.")
                 hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
