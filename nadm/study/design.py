@@ -143,8 +143,9 @@ def plan_study(systems: dict[str, Path], prompts: list[str] | None = None, promp
 
 def _unmatched(clips: dict[str, dict[Key, Clip]], couples: list[tuple[str, str]],
                used: set[tuple[str, Key]]) -> list[tuple[str, str, str]]:
-    """Clips without a partner, and (prompt, seed) cells a system lacks while a system it is paired with has them."""
+    """Clips without a partner, and the (prompt, seed) cells a system lacks that systems paired with it compare."""
     out = []
+    compared = {key for _, key in used}
     for name in clips:
         partners = [b for a, b in couples if a == name] + [a for a, b in couples if b == name]
         for key, clip in clips[name].items():
@@ -152,7 +153,7 @@ def _unmatched(clips: dict[str, dict[Key, Clip]], couples: list[tuple[str, str]]
                 missing = ", ".join(p for p in partners if key not in clips[p])
                 out.append((name, str(clip.path), f"unmatched: no clip of {missing} with prompt '{key[0]}' "
                                                   f"seed {key[1]}"))
-        wanted = set().union(*(clips[p].keys() for p in partners)) - clips[name].keys()
+        wanted = (set().union(*(clips[p].keys() for p in partners)) & compared) - clips[name].keys()
         for prompt, seed in sorted(wanted):
             having = ", ".join(p for p in partners if (prompt, seed) in clips[p])
             out.append((name, "-", f"missing: no clip for prompt '{prompt}' seed {seed} (which {having} have)"))

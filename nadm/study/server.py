@@ -357,6 +357,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8080, admin_tok
     except OSError as e:
         sock.close()
         raise NADMError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    sock.listen(2048)  # connections queue from now on, before uvicorn's loop takes over the socket
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"nadm study: serving {path} on http://{shown}:{bound}/ (admin page: "
