@@ -267,6 +267,12 @@ def test_cli_create_report_export_and_overwrite_rules(clips, tmp_path, capsys):
     assert sum(",analysed," in line for line in lines) == 12
     code, _, err = _cli(capsys, "study", "report", tmp_path / "missing.sqlite")
     assert code == 2 and "does not exist" in err
+    other = tmp_path / "other.sqlite"  # another program's database: refused and left as it was (not made WAL)
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE t (x)")
+    code, _, err = _cli(capsys, "study", "export", other, "--csv", tmp_path / "b.csv")
+    assert code == 2 and "not a nadm study" in err and not (tmp_path / "b.csv").exists()
+    assert sqlite3.connect(other).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     code, _, err = _cli(capsys, "study", "serve", out, "--admin-token", "short")
     assert code == 2 and "at least 16" in err
 

@@ -112,8 +112,7 @@ def now() -> str:
 
 
 def _configure(con: sqlite3.Connection) -> None:
-    """WAL journal, a full fsync per commit, foreign keys enforced, waits instead of failing on a busy lock."""
-    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    """WAL journal, a full fsync per commit, foreign keys enforced."""
     mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise NADMError(f"SQLite refused WAL mode for the study database (got {mode}); is it on a network drive?")
@@ -128,12 +127,20 @@ def connect(path: str | Path, *, new: bool = False) -> sqlite3.Connection:
         raise NADMError(f"{path} does not exist: make a study with `nadm study create`")
     try:
         con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as e:
+        raise NADMError(f"cannot open {path}: {e}") from e
+    try:
         con.row_factory = sqlite3.Row
-        _configure(con)
+        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # wait for a busy lock instead of failing
         if not new:
-            check_study(con, path)
+            check_study(con, path)  # before any pragma that writes: another program's database stays untouched
+        _configure(con)
     except sqlite3.DatabaseError as e:
+        con.close()
         raise NADMError(f"{path} is not a readable SQLite database: {e}") from e
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -141,7 +148,7 @@ def check_study(con: sqlite3.Connection, path: str | Path) -> None:
     """NADMError unless the database was written by `nadm study create` with this schema version."""
     try:
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError:
+    except sqlite3.OperationalError:  # no meta table
         meta = {}
     if meta.get("format") != FORMAT:
         raise NADMError(f"{path} is not a nadm study database")
