@@ -46,8 +46,8 @@ def paragraphs(text: str) -> str:
 def landing(open_enrolment: bool) -> str:
     """The root page: a start button when anyone may join, otherwise a pointer to the personal link."""
     if open_enrolment:
-        body = ("<h1>Landscape-painting video study</h1>"
-                "<form method=\"post\" action=\"/start\"><button id=\"start\" type=\"submit\">Take part</button></form>")
+        body = ("<h1>Landscape-painting video study</h1><form method=\"post\" action=\"/start\">"
+                "<button id=\"start\" type=\"submit\">Take part</button></form>")
     else:
         body = ("<h1>Landscape-painting video study</h1><p>This study is by invitation: please open the personal "
                 "link you received.</p>")

@@ -160,13 +160,16 @@ def plot(report: dict, out: Path, overwrite: bool) -> Path:
     ax.axhline(50, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(x, [f"{a}\nvs {b}" for a, b in couples])
     ax.set_ylim(0, 100)
-    ax.set_ylabel("A preferred (%), ties excluded")
+    firsts = {a for a, _ in couples}
+    who = next(iter(firsts)) if len(firsts) == 1 else "first system"
+    ax.set_ylabel(f"{who} preferred (%), ties excluded")
     ax.set_title(f"User study: {report['participants']['analysed']} participants (Wilson 95% intervals)")
-    ax.legend(fontsize="small", ncols=2, loc="lower right")
+    ax.legend(fontsize="small", ncols=len(qids) if len(couples) > 2 else 2, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}{out.suffix}")
     try:
-        fig.savefig(tmp, dpi=150)
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
         move_into_place(tmp, out, overwrite)
     except (OSError, ValueError) as e:
         raise NADMError(f"could not write {out}: {e}") from e

@@ -195,6 +195,7 @@ def create_app(path: str | Path, admin_token: str | None = None, open_enrolment:
     app.state.study = study
     _add_error_handlers(app)
     _add_participant_routes(app, study, open_enrolment, max_participants)
+    _add_media_routes(app, study)
     _add_admin_routes(app, study, admin_token)
     app.add_middleware(GuardMiddleware)
     return app
@@ -225,7 +226,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_participant_routes(app: FastAPI, study: Study, open_enrolment: bool, max_participants: int | None) -> None:
-    """Landing page, enrolment, the participant's pages and answers, the clips, the stylesheet."""
+    """Landing page, enrolment, the participant's pages and answers."""
 
     @app.get("/", response_class=HTMLResponse)
     def landing() -> str:
@@ -274,6 +275,10 @@ def _add_participant_routes(app: FastAPI, study: Study, open_enrolment: bool, ma
         if _wants_json(request):
             return JSONResponse({"stored": True, "slot": position, "next": following})
         return RedirectResponse(f"/p/{token}", status_code=303)
+
+
+def _add_media_routes(app: FastAPI, study: Study) -> None:
+    """The clips (by content hash only, from the database), the stylesheet, a health check."""
 
     @app.get("/clip/{sha}")
     def clip(request: Request, sha: str) -> Response:
