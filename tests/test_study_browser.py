@@ -56,6 +56,10 @@ def test_browser_completes_a_session_and_the_report_counts_exactly_its_answers(t
         driver.get(f"{server.url}/p/{token}")
         driver.find_element(By.ID, "begin").click()
         wait.until(lambda d: d.find_elements(By.ID, "submit"))
+        # the clips really load from /clip/<sha256>: videos decode and play, animated images have a size
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('.pair video')].every(v => v.readyState >= 2 && !v.error) && "
+            "[...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"))
         seen = set()
         for _ in range(10):  # bounded: 3 pairs + 1 attention check
             if driver.find_elements(By.ID, "done"):
