@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "nadm.commands.train:train",
     "evaluate": "nadm.commands.evaluate:evaluate",
     "compare": "nadm.commands.compare:compare",
+    "study": "nadm.commands.study:study",
 }
 
 
