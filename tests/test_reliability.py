@@ -131,7 +131,6 @@ def dataset(tmp_path_factory):
 
 def test_overwrite_refuses_a_folder_of_user_files_in_every_command(models, dataset, tmp_path, capsys):
     mine = user_folder(tmp_path / "mine")
-    before = snapshot(mine)
     clip = write_video(moving(3), tmp_path / "in.mp4", fps=8)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("ink mountains\n")
