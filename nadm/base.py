@@ -17,6 +17,7 @@ on plain weights at full speed.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from nadm.errors import NADMError
+from nadm.hub import offline_unless_reachable
+from nadm.weights import check_weights
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -40,14 +43,21 @@ class LoraSpec:
 
     @classmethod
     def parse(cls, spec: str) -> "LoraSpec":
-        """`FILE` or `FILE:SCALE` (the last `:` followed by a number is the scale); the file must exist."""
-        path, scale = spec, 1.0
+        """`FILE` or `FILE:SCALE` (the last `:` followed by a number is the scale); the file must exist, and a
+        `:` after an existing file must be followed by a number."""
         head, sep, tail = spec.rpartition(":")
-        if sep and head:
+        if Path(spec).expanduser().exists() or not (sep and head):
+            path, scale = spec, 1.0  # no scale (or a ':' that is part of an existing path)
+        else:
+            path = head
             try:
-                path, scale = head, float(tail)
+                scale = float(tail)
             except ValueError:
-                path, scale = spec, 1.0  # a ':' that is part of the path
+                if Path(head).expanduser().exists():
+                    raise NADMError(f"LoRA scale {tail!r} in {spec!r} is not a number (FILE:SCALE, e.g. {head}:0.7)") from None
+                path, scale = spec, 1.0
+            if not math.isfinite(scale):
+                raise NADMError(f"LoRA scale {tail!r} in {spec!r} must be a finite number")
         resolved = Path(path).expanduser()
         if not resolved.exists():
             raise NADMError(f"LoRA file not found: {path}")
@@ -155,6 +165,8 @@ def _load_components(src: str, dtype) -> dict[str, Any]:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel, "tokenizer": CLIPTokenizer}
+    if not Path(src).exists():
+        offline_unless_reachable()
     out = {}
     for name in COMPONENTS:
         kwargs = {} if name == "tokenizer" else {"torch_dtype": dtype}
@@ -169,6 +181,9 @@ def _load_single_file(path: str, config: str | None, dtype) -> dict[str, Any]:
     """unet, vae, text_encoder and tokenizer from an original-layout SD checkpoint (diffusers' from_single_file)."""
     from diffusers import StableDiffusionPipeline
 
+    check_weights(path)  # a damaged or random file is said to be one, not blamed on the configs
+    if config is None or not Path(config).exists():
+        offline_unless_reachable()  # the component configs come from the hub
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             path, config=config, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -210,6 +225,7 @@ def _fuse_loras(components: dict[str, Any], loras: tuple[LoraSpec, ...]) -> None
     )
     names = [f"lora_{i}" for i in range(len(loras))]
     for name, lora in zip(names, loras):
+        check_weights(lora_weights_file(lora.path))
         try:
             holder.load_lora_weights(str(lora.path), adapter_name=name)
         except _LOAD_ERRORS as e:
@@ -217,6 +233,20 @@ def _fuse_loras(components: dict[str, Any], loras: tuple[LoraSpec, ...]) -> None
     holder.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
     holder.fuse_lora(adapter_names=names, lora_scale=1.0)
     holder.unload_lora_weights()  # the fused weights stay; the adapter layers go
+
+
+# the weights file of a diffusers LoRA folder, in the order diffusers looks for it
+LORA_WEIGHTS = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+
+
+def lora_weights_file(path: Path) -> Path:
+    """A LoRA's weights file: the file itself, or the one in a diffusers LoRA folder."""
+    if not path.is_dir():
+        return path
+    found = next((path / name for name in LORA_WEIGHTS if (path / name).is_file()), None)
+    if found is None:
+        raise NADMError(f"the LoRA folder {path} has no {' or '.join(LORA_WEIGHTS)}")
+    return found
 
 
 def load_base(src: str | Path = DEFAULT_BASE, config: str | Path | None = None, loras: tuple[LoraSpec, ...] = (), dtype=None) -> BaseModel:
@@ -248,6 +278,8 @@ def load_unet(src: str = DEFAULT_BASE, **kwargs):
     kind = base_kind(src)
     if kind == "single-file":
         return load_base(src, **kwargs).unet
+    if kind == "hub":
+        offline_unless_reachable()
     with quiet_loading():
         try:
             return UNet2DConditionModel.from_pretrained(src, subfolder="unet", **kwargs)

@@ -22,6 +22,7 @@ from nadm.config import NADMConfig, from_dict, to_dict
 from nadm.errors import NADMError
 from nadm.io import staged_folder
 from nadm.motion import check_state_dict
+from nadm.weights import check_weights, read_weights
 
 FORMAT = "nadm"
 FORMAT_VERSION = 1
@@ -81,8 +82,6 @@ def is_nadm_checkpoint(path: str | Path) -> bool:
 
 def load_checkpoint(path: str | Path) -> MotionWeights:
     """Read an NADM checkpoint folder, refusing unknown formats and configs with unknown keys."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     try:
         meta = json.loads((path / "config.json").read_text())
@@ -100,8 +99,8 @@ def load_checkpoint(path: str | Path) -> MotionWeights:
         raise NADMError(f"bad NADM config in {path}: {e}") from None
     if not (path / MOTION_FILE).is_file():
         raise NADMError(f"{path} has no {MOTION_FILE}")
-    adapter = load_file(str(path / ADAPTER_FILE)) if (path / ADAPTER_FILE).is_file() else None
-    return MotionWeights(config, load_file(str(path / MOTION_FILE)), adapter, str(path), "nadm")
+    adapter = read_weights(path / ADAPTER_FILE) if (path / ADAPTER_FILE).is_file() else None
+    return MotionWeights(config, read_weights(path / MOTION_FILE), adapter, str(path), "nadm")
 
 
 # --- AnimateDiff original-format key conversion (our own mapping of the published layout) ---------------------
@@ -177,21 +176,6 @@ def _infer_original_config(converted: dict[str, torch.Tensor], base: NADMConfig)
     )
 
 
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A `.safetensors` or `.ckpt`/`.pt`/`.pth` state dict (a checkpoint's `state_dict` entry unwrapped)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad user file
-            raise NADMError(f"cannot read {path}: {e.__class__.__name__}: {e}") from None
-        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    raise NADMError(f"{path}: unknown weights file type {path.suffix!r} (expected .safetensors, .ckpt, .pt or .pth)")
-
-
 def load_motion_source(src: str | Path, heads_from: NADMConfig | None = None) -> MotionWeights:
     """Motion weights from an NADM folder, a diffusers MotionAdapter folder or hub id, or an original file.
 
@@ -200,12 +184,14 @@ def load_motion_source(src: str | Path, heads_from: NADMConfig | None = None) ->
     """
     base = heads_from or NADMConfig()
     path = Path(src)
-    # 1. NADM checkpoint folder.
-    if path.is_dir() and is_nadm_checkpoint(path):
-        return load_checkpoint(path)
+    # 1. NADM checkpoint folder (a config.json that does not parse is a damaged folder, whichever kind it was).
+    if path.is_dir():
+        _check_folder_config(path)
+        if is_nadm_checkpoint(path):
+            return load_checkpoint(path)
     # 2. Original-format AnimateDiff file.
     if path.is_file():
-        converted = convert_original_motion_state_dict(_read_weights_file(path), base.motion_max_seq_length)
+        converted = convert_original_motion_state_dict(read_weights(path), base.motion_max_seq_length)
         config = _infer_original_config(converted, base)
         return MotionWeights(config, converted, None, str(path), "animatediff-original")
     # 3. diffusers MotionAdapter: a local folder or a hub id.
@@ -235,15 +221,46 @@ def _single(value, name: str) -> int:
     return value[0]
 
 
+def _check_folder_config(path: Path) -> None:
+    """NADMError naming the file when a motion folder's config.json is not a JSON object."""
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NADMError(f"{cfg} is damaged: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise NADMError(f"{cfg} is damaged: a JSON {type(meta).__name__}, not an object")
+
+
+# the weights file of a diffusers MotionAdapter folder, in the order diffusers looks for it
+ADAPTER_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
 def _load_motion_adapter(src: str):
-    """diffusers `MotionAdapter.from_pretrained`, with offline/missing sources turned into one clear line."""
+    """diffusers `MotionAdapter.from_pretrained`, with offline/missing sources turned into one clear line; a local
+    folder's weights pass `check_weights` first, so a damaged file is named as such."""
     from diffusers import MotionAdapter
 
+    from nadm.hub import offline_unless_reachable
+
+    folder = Path(src)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise NADMError(f"{src} is neither an NADM checkpoint nor a diffusers MotionAdapter folder (no config.json)")
+        weights = next((folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()), None)
+        if weights is None:
+            raise NADMError(f"{src} has no motion weights ({' or '.join(ADAPTER_WEIGHTS)})")
+        check_weights(weights)
+    else:
+        offline_unless_reachable()
     try:
         return MotionAdapter.from_pretrained(src)
     except (OSError, ValueError) as e:
-        if Path(src).is_dir():
-            raise NADMError(f"{src} is neither an NADM checkpoint nor a diffusers MotionAdapter folder ({e.__class__.__name__})") from None
+        if folder.is_dir():
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
+            raise NADMError(f"{src} is not a diffusers MotionAdapter folder nadm can load: {reason}") from None
         raise NADMError(
             f"cannot load motion weights {src!r} from the Hugging Face hub (offline or not found); "
             "pass a local path to an NADM checkpoint, a MotionAdapter folder or an AnimateDiff .ckpt/.safetensors"

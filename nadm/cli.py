@@ -49,14 +49,19 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes (NADMError) become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: user mistakes (NADMError) become one line on stderr and exit code 2, never a traceback;
+    Ctrl-C, SIGTERM and SIGHUP unwind like an exception (temporary outputs removed) and exit with 128 + signal."""
+    from nadm import signals
+
+    signals.install()
     try:
         # Without standalone mode click returns ctx.exit(n)'s code instead of exiting: pass it on.
         code = cli.main(args=argv, prog_name="nadm", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as e:  # click wraps Ctrl-C and SIGTERM (signals.Terminated) in Abort
+        stop = e.__cause__ if isinstance(e.__cause__, KeyboardInterrupt) else None
+        click.echo("Terminated." if isinstance(stop, signals.Terminated) else "Aborted.", err=True)
+        sys.exit(signals.exit_code(stop) if stop else 130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -65,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     except NADMError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        click.echo("Terminated." if isinstance(e, signals.Terminated) else "Interrupted.", err=True)
+        sys.exit(signals.exit_code(e))
 
 
 if __name__ == "__main__":

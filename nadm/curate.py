@@ -19,6 +19,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from nadm import __version__
 from nadm.data import (
     CAPTION_FILES,
     VIDEO_EXTENSIONS,
@@ -30,7 +31,7 @@ from nadm.data import (
 )
 from nadm.decode import DECODE_ERRORS, VideoInfo, count_frames, frame_rate, indexed_frames, open_video, probe_video
 from nadm.errors import NADMError
-from nadm.io import MP4_CRF, staged_folder
+from nadm.io import MP4_CRF, check_replaceable, check_writable, staged_folder
 
 DETECTOR_DEFAULTS = {"content": 27.0, "adaptive": 3.0}  # PySceneDetect's own default thresholds
 MIN_SCENE_LEN = 15  # frames; PySceneDetect's default: cuts closer than this are merged (flash suppression)
@@ -162,6 +163,8 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
         raise NADMError(f"destination {dst} is a file")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise NADMError(f"destination {dst} is not empty: pass --overwrite to replace its contents")
+    check_replaceable(dst, overwrite=True)  # empty, or (with --overwrite) a dataset this command made, nothing else
+    check_writable(dst.parent)
 
 
 @dataclass
@@ -214,7 +217,7 @@ def prepare_dataset(
     captions: dict[str, str] = {}
     provenance = []
     taken: set[str] = set()
-    with staged_folder(dst, overwrite=True) as staging:
+    with staged_folder(dst, overwrite=True) as staging:  # replaces only an empty folder or an earlier prepare's
         for source in tqdm(sources, desc="prepare", unit="video", disable=not progress):
             rel = source.relative_to(source_root).as_posix()
             stem = PurePosixPath(rel).with_suffix("").as_posix()
@@ -264,7 +267,8 @@ def prepare_dataset(
         write_captions(staging / "captions.csv", captions)
         used = DETECTOR_DEFAULTS[detector] if threshold is None else threshold
         settings = {"detector": detector, "threshold": used, "min_frames": min_frames}
-        record = {"source": str(src.resolve()), "settings": settings, "clips": provenance, "problems": report.problems}
+        record = {"format": "nadm-dataset", "nadm_version": __version__, "source": str(src.resolve()),
+                  "settings": settings, "clips": provenance, "problems": report.problems}  # fmt: skip
         (staging / "prepare.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 

@@ -15,8 +15,11 @@ Output formats, chosen by the path's suffix (`VIDEO_SUFFIXES`), or no suffix for
 `read_video` reads all of these, and any video file FFmpeg decodes (opened through `nadm.decode`), with frames
 numbered in decode order; given frame numbers it reads only those frames, stopping early where it can.
 
-Every write goes to a temporary name in the target directory and is renamed into place, so a crash never
-leaves a half-written output, and nothing is replaced unless `overwrite=True`. Beside the output,
+Every write goes to a temporary name in the target directory (`.NAME.tmp-PID-XXXXXXXX`, nadm's one naming) and
+is renamed into place by `safe_replace`, the one routine every command uses to put an output in place: a crash
+never leaves a half-written output; an existing output is replaced only with `overwrite=True` and only when nadm
+wrote all of it (`foreign_file`); temporaries are removed when the run fails or is interrupted, and ones left by a
+killed run are removed by the next run that writes to the same place. Beside the output,
 `<output>.json` (e.g. `clip.mp4.json`, `frames.json` for folder `frames`) holds the caller's metadata plus
 fps, frame count, size, format, the nadm version and the library versions.
 """
@@ -29,7 +32,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from fractions import Fraction
 from importlib import metadata as importlib_metadata
@@ -38,8 +40,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from nadm import __version__
-from nadm.errors import NADMError
+from nadm import __version__, signals
+from nadm.errors import NADMError, note
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -97,19 +99,22 @@ def _format_of(path: Path) -> str:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Validate an output path before any expensive work; create its parent folder; return it as a Path."""
+    """Validate an output path before any expensive work (format, kind, `check_replaceable` for it and its sidecar,
+    writability); remove temporaries a killed run left for it; create its parent folder; return it as a Path."""
     out = Path(path).expanduser()
     _format_of(out)
-    existing = [p for p in (out, sidecar_path(out)) if p.exists() or p.is_symlink()]
-    if existing and not overwrite:
-        raise NADMError(f"{existing[0]} already exists: pass --overwrite to replace it")
     if out.exists() and out.is_dir() != (out.suffix == ""):
         kind = "folder" if out.is_dir() else "file"
         raise NADMError(f"{out} exists and is a {kind}; choose another output path")
+    for target in (out, sidecar_path(out)):
+        check_replaceable(target, overwrite)
+    check_writable(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NADMError(f"cannot create the output folder {out.parent}: {e.strerror or e}") from e
+    for target in (out, sidecar_path(out)):
+        clean_stale_temporaries(target)
     return out
 
 
@@ -159,18 +164,28 @@ def _write_mp4(frames: np.ndarray, target: Path, fps: float) -> list[int] | None
     return [w + pad_w, h + pad_h] if (pad_h or pad_w) else None
 
 
+GIF_FRAME_DELAY_MS = 10  # GIF delays are whole 1/100 s: one hundredth is the shortest, 100 fps the highest rate
+FPS_WARN_RATIO = 0.1  # a written rate this far (relative) from the asked one is said on stderr
+
+
+def animation_fps(fps: float, fmt: str) -> float:
+    """The rate a GIF/WebP really plays at for an asked `fps`: its constant frame delay is whole 1/100 s (GIF) or
+    milliseconds (WebP), at least one unit."""
+    unit = GIF_FRAME_DELAY_MS if fmt == "gif" else 1
+    return 1000.0 / (max(1, round(1000.0 / fps / unit)) * unit)
+
+
 def _write_animation(frames: np.ndarray, target: Path, fps: float, fmt: str) -> None:
-    """Looping GIF or WebP via Pillow at a constant frame duration."""
+    """Looping GIF or WebP via Pillow at the constant frame duration `animation_fps` gives."""
     from PIL import Image
 
     images = [Image.fromarray(frame, mode="RGB") for frame in frames]
+    duration = round(1000.0 / animation_fps(fps, fmt))  # milliseconds
     if fmt == "gif":
-        # GIF delays are in 1/100 s; quantise each frame to its own adaptive palette, no dither (no crawl).
+        # quantise each frame to its own adaptive palette, no dither (no crawl)
         images = [im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) for im in images]
-        duration = max(1, round(100.0 / fps)) * 10
         extra: dict[str, Any] = {"optimize": False, "disposal": 1}
     else:
-        duration = max(1, round(1000.0 / fps))
         extra = {"quality": WEBP_QUALITY, "method": 4, "lossless": False}
     images[0].save(
         str(target), format=fmt.upper(), save_all=True, append_images=images[1:], duration=duration, loop=0, **extra
@@ -195,18 +210,256 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file under a temporary name in its folder, then rename it into place (never half-written)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# ------------------------------------------------------------------------------------ safe replacement
+
+_FRAME = re.compile(r"\d{5}\.png")  # the files of a PNG frame folder nadm writes
+_TEMP = re.compile(r"(\d+)-[0-9a-f]{8}")  # after `.NAME.tmp-`: the writing process and a random token
+NADM_FORMATS = ("nadm", "nadm-dataset")  # "format" of nadm's checkpoint config and dataset manifest
+RUN_FOLDER_NAMES = {"train_config.yaml", "metrics.jsonl", "summary.json", "logs", "checkpoints", "validation"}
+_CHECKPOINT_NAME = re.compile(r"\.?checkpoint-\d+(\.partial)?")
+_JSON_LIMIT = 64 << 20  # a sidecar, report or manifest is never larger
+
+
+def temp_path(final: Path, suffix: str = "") -> Path:
+    """A hidden temporary name beside `final` in nadm's one naming: `.NAME.tmp-PID-XXXXXXXX[SUFFIX]`."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def clean_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporaries of `final` (nadm's naming) whose process is gone (a killed run), saying so on stderr;
+    ones of a process still running are reported and kept. Returns the removed paths."""
+    prefix = f".{final.name}.tmp-"
+    try:
+        names = [name for name in os.listdir(final.parent) if name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        match = _TEMP.match(name[len(prefix):])
+        if not match:
+            continue  # not nadm's naming: not ours to touch
+        pid, entry = int(match.group(1)), final.parent / name
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            note(f"{entry} belongs to a running process ({pid}) that writes {final.name} too; left alone")
+            continue
+        _remove(entry)
+        removed.append(entry)
+    if removed:
+        note(f"removed {len(removed)} temporary file(s) an interrupted run left beside {final}: {removed[0].name}")
+    return removed
+
+
+def _nadm_json(path: Path) -> dict | None:
+    """The JSON object in `path` when it bears nadm's marks (a sidecar, a report, a checkpoint config or a dataset
+    manifest), else None."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > _JSON_LIMIT:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    versions = data.get("versions")
+    if "nadm_version" in data or (isinstance(versions, dict) and "nadm" in versions) or data.get("format") in NADM_FORMATS:
+        return data
+    return None
+
+
+def _first_unlisted(root: Path, listed: set[str]) -> Path | None:
+    """The first file or link under `root` (sorted walk) whose path relative to root is not in `listed`."""
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
+            if (here / name).relative_to(root).as_posix() not in listed:
+                return here / name
+    return None
+
+
+def _manifest_files(root: Path, manifest: str, key: str, field: str, under: str, fixed: set[str]) -> Path | None:
+    """Foreign file of a folder described by a JSON manifest listing its files (`manifest[key][i][field]`)."""
+    try:
+        data = json.loads((root / manifest).read_text(encoding="utf-8"))
+        listed = {f"{under}{entry[field]}" for entry in data[key]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return root / manifest  # not a manifest nadm wrote
+    return _first_unlisted(root, listed | fixed | {manifest})
+
+
+def _dataset_foreign(root: Path) -> Path | None:
+    """A dataset `nadm data prepare` made: prepare.json (its manifest), captions.csv and the clips it lists."""
+    return _manifest_files(root, "prepare.json", "clips", "clip", "videos/", {"captions.csv"})
+
+
+def _latent_cache_foreign(root: Path) -> Path | None:
+    """A latent cache `nadm data cache` made: cache.json (its manifest), the empty-caption file and the clips listed."""
+    return _manifest_files(root, "cache.json", "clips", "file", "", {"empty_caption.safetensors"})
+
+
+def _checkpoint_foreign(root: Path) -> Path | None:
+    """An NADM checkpoint: config.json (format nadm) and its weights files."""
+    if _nadm_json(root / "config.json") is None:
+        return root / "config.json"
+    return _first_unlisted(root, {"config.json", "motion_modules.safetensors", "noise_adapter.safetensors"})
+
+
+def _run_folder_foreign(root: Path) -> Path | None:
+    """A training run folder (train_config.yaml, logs, checkpoints/checkpoint-N, ...) or one training checkpoint
+    in it (train_config.yaml beside an nadm/ export; the rest is accelerate's state)."""
+    if _nadm_json(root / "nadm" / "config.json") is not None:
+        return None
+    for entry in sorted(root.iterdir()):
+        if entry.name not in RUN_FOLDER_NAMES or entry.is_symlink():
+            return entry
+    if (root / "checkpoints").is_dir():
+        return next((e for e in sorted((root / "checkpoints").iterdir()) if not _CHECKPOINT_NAME.fullmatch(e.name)), None)
+    return None
+
+
+# a folder nadm made, by the file that marks it -> its first foreign file (None: all of it is nadm's)
+_FOLDER_LAYOUTS = {
+    "prepare.json": _dataset_foreign,
+    "cache.json": _latent_cache_foreign,
+    "config.json": _checkpoint_foreign,
+    "train_config.yaml": _run_folder_foreign,
+}
+
+
+def foreign_file(path: str | os.PathLike) -> Path | None:
+    """The first file at `path` that nadm did not write (`path` itself for a file), or None when everything there is
+    nadm's own: a video or sidecar/report JSON with nadm's marks, a PNG frame folder (nadm sidecar, only numbered
+    frames), a dataset, latent cache, checkpoint or run folder nadm made (by its manifest), or an empty folder."""
+    path = Path(path)
+    if path.is_symlink():
+        return path
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        if path.suffix == ".json" and _nadm_json(path) is not None:
+            return None
+        return None if _nadm_json(sidecar_path(path)) is not None else path
+    entries = sorted(path.iterdir())
+    if not entries:
+        return None
+    if _nadm_json(sidecar_path(path)) is not None:  # a frame folder
+        return next((e for e in entries if e.is_symlink() or not e.is_file() or not _FRAME.fullmatch(e.name)), None)
+    for marker, foreign in _FOLDER_LAYOUTS.items():
+        if (path / marker).is_file():
+            return foreign(path)
+    return _first_unlisted(path, set()) or entries[0]  # name a file where there is one
+
+
+def check_replaceable(path: str | os.PathLike, overwrite: bool) -> None:
+    """NADMError unless an output may be written at `path`: nothing is there, or `overwrite` is set and nadm wrote
+    everything there (`foreign_file`); the message names one foreign file."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise NADMError(f"{path} already exists: pass --overwrite to replace it")
+    foreign = foreign_file(path)
+    if foreign is None:
+        return
+    if foreign != path:
+        reason = f"it holds {foreign}, which nadm did not write"
+    elif path.is_file() and path.suffix != ".json":
+        reason = f"nadm did not write it (no nadm sidecar {sidecar_path(path).name})"
+    else:
+        reason = "nadm did not write it"
+    raise NADMError(
+        f"refusing to replace {path}: {reason} (--overwrite replaces only nadm's own outputs); "
+        "move it away or choose another output"
+    )
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """NADMError unless new files can be made in `folder` (or, while it does not exist, in the nearest folder
+    above it): a probe file in nadm's temporary naming, created and removed at once."""
+    folder = Path(folder).expanduser().absolute()
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise NADMError(f"cannot create {folder}: {probe_dir} is a file")
+    probe = temp_path(probe_dir / ".nadm-write-check")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        where = folder if probe_dir == folder else f"{probe_dir} (to create {folder})"
+        raise NADMError(f"cannot write to {where}: {e.strerror or e}") from None
+
+
+def _public_modes(root: Path) -> None:
+    """Files 0666 and folders 0777 less the umask, like any new file (some writers, e.g. safetensors, make 0600)."""
+    umask = _umask()
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not path.is_symlink():
+            mode = (0o777 if path.is_dir() else 0o666) & ~umask
+            if path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
+
+
+def safe_replace(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename the finished temporary `tmp` to `final`: the one way nadm puts an output in place. An existing
+    `final` is replaced only with `overwrite` and only when nadm wrote all of it (checked again now, after the
+    work); the swap is not cut by Ctrl-C/SIGTERM (`signals.held`). File modes are made public first."""
+    _public_modes(tmp)
+    aside = None
+    with signals.held():
+        if final.exists() or final.is_symlink():
+            check_replaceable(final, overwrite)
+            if final.is_dir() and not final.is_symlink():
+                # os.replace cannot replace a non-empty folder: move the old one aside, swap, then delete it
+                aside = temp_path(final)
+                os.replace(final, aside)
+                try:
+                    os.replace(tmp, final)
+                except OSError:
+                    os.replace(aside, final)
+                    raise
+        if aside is None:
+            os.replace(tmp, final)
+    if aside is not None:
+        _remove(aside)
+
+
+move_into_place = safe_replace  # the earlier name, still imported by nadm.runfolder
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool | None = None) -> Path:
+    """Write a text file under a temporary name in its folder, then rename it into place (never half-written).
+
+    overwrite None: nadm's own bookkeeping file (a config, captions) in a folder nadm writes, replaced as it is;
+    True/False: a user-facing output, put in place by `safe_replace`."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if overwrite is None:
+            os.replace(tmp, path)
+        else:
+            safe_replace(tmp, path, overwrite)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with signals.held():
+            _remove(tmp)
     return path
 
 
@@ -218,31 +471,18 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def staged_folder(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a new hidden folder beside `final` to fill; on success it is renamed to `final` (atomic, same file
-    system; an existing `final` is replaced only with overwrite), on any error it is deleted."""
+    """Yield a new hidden folder beside `final` to fill; on success it is put in place by `safe_replace`, on any
+    error or interruption it is deleted."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    clean_stale_temporaries(final)
+    staging = temp_path(final)
+    staging.mkdir()
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
         yield staging
-        move_into_place(staging, final, overwrite)
+        safe_replace(staging, final, overwrite)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Rename tmp to final; an existing final (file or folder) is replaced only when overwrite is set."""
-    if final.exists() or final.is_symlink():
-        if not overwrite:
-            raise NADMError(f"{final} already exists: pass --overwrite to replace it")
-        if final.is_dir() and not final.is_symlink():
-            # os.replace cannot replace a non-empty folder: move the old one aside, swap, then delete it.
-            aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-            return
-    os.replace(tmp, final)
+        with signals.held():
+            _remove(staging)
 
 
 def write_video(
@@ -266,22 +506,22 @@ def write_video(
     frames = np.ascontiguousarray(frames)
 
     # 2. encode under a hidden temporary name in the target folder (same file system -> atomic rename)
-    token = uuid.uuid4().hex[:8]
-    tmp = out.with_name(f".{out.name}.tmp-{token}{out.suffix}")
-    tmp_sidecar = out.with_name(f".{out.name}.json.tmp-{token}")
+    tmp, tmp_sidecar = temp_path(out, out.suffix), temp_path(sidecar_path(out))
     try:
-        stored_size = None
+        stored_size, rates = None, {}
         if fmt == "mp4":
             stored_size = _write_mp4(frames, tmp, fps)
         elif fmt in ("gif", "webp"):
+            rates = _animation_rates(fps, fmt, out)
             _write_animation(frames, tmp, fps, fmt)
         else:
             _write_png_folder(frames, tmp)
 
-        # 3. the sidecar: caller's metadata + what was written + versions
+        # 3. the sidecar: caller's metadata + what was written (the rate the file really plays at) + versions
         info: dict[str, Any] = {
             **metadata,
-            "fps": fps,
+            "fps": rates.get("fps", fps),
+            **({"fps_requested": fps} if "fps" in rates else {}),
             "frames": int(n),
             "width": int(w),
             "height": int(h),
@@ -297,15 +537,32 @@ def write_video(
             raise ValueError(f"metadata is not JSON-serialisable: {e}") from e
         tmp_sidecar.write_text(text + "\n", encoding="utf-8")
 
-        # 4. rename both into place (the video first: a sidecar never describes a missing video)
-        move_into_place(tmp, out, overwrite)
-        move_into_place(tmp_sidecar, sidecar_path(out), overwrite)
+        # 4. rename both into place together (the video first: a sidecar never describes a missing video)
+        with signals.held():
+            safe_replace(tmp, out, overwrite)
+            safe_replace(tmp_sidecar, sidecar_path(out), overwrite)
     except OSError as e:
         raise NADMError(f"could not write {out}: {e.strerror or e}") from e
     finally:
-        _remove(tmp)
-        _remove(tmp_sidecar)
+        with signals.held():
+            _remove(tmp)
+            _remove(tmp_sidecar)
     return out
+
+
+def _animation_rates(fps: float, fmt: str, out: Path) -> dict[str, float]:
+    """{"fps": the rate written} when a GIF/WebP's frame delays cannot hold `fps` exactly (empty when they can);
+    a warning on stderr when it is far off (e.g. 1000 fps as a GIF plays at 100)."""
+    written = animation_fps(fps, fmt)
+    if abs(written - fps) <= 1e-9 * fps:
+        return {}
+    if abs(written - fps) > FPS_WARN_RATIO * fps:
+        unit = "1/100 s" if fmt == "gif" else "milliseconds"
+        note(
+            f"warning: {fmt.upper()} frame delays are whole {unit}: {fps:g} fps is written as {written:g} fps in "
+            f"{out.name} (its sidecar says so)" + ("; many browsers slow delays under 20 ms to 100 ms" if written > 50 and fmt == "gif" else "")
+        )
+    return {"fps": written}
 
 
 def _json_default(value: Any) -> Any:
@@ -484,7 +741,16 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "DEFAULT_FOLDER_FPS",
     "VideoTooShort",
+    "animation_fps",
     "check_output_path",
+    "check_replaceable",
+    "check_writable",
+    "clean_stale_temporaries",
+    "foreign_file",
+    "safe_replace",
+    "staged_folder",
+    "temp_path",
+    "write_text_atomic",
     "environment_versions",
     "natural_key",
     "read_sidecar",

@@ -238,6 +238,10 @@ class ClipScorer:
 
         self.device = _torch_device(device)
         self.batch_size = batch_size
+        if not Path(model).expanduser().exists():
+            from nadm.hub import offline_unless_reachable
+
+            offline_unless_reachable()
         try:
             self.model = CLIPModel.from_pretrained(model).eval().to(self.device)
             self.tokenizer = CLIPTokenizer.from_pretrained(model)

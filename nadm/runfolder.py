@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from nadm.errors import NADMError
-from nadm.io import move_into_place
+from nadm.io import foreign_file, move_into_place
 
 RUN_CONFIG = "train_config.yaml"
 METRICS = "metrics.jsonl"
@@ -107,6 +107,9 @@ def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:
         )
     if nonempty and not (out / RUN_CONFIG).is_file():
         raise NADMError(f"--output {out} is not an nadm training folder (no {RUN_CONFIG}); refusing to delete it")
+    foreign = foreign_file(out) if nonempty else None
+    if foreign is not None:
+        raise NADMError(f"--output {out} holds {foreign}, which nadm did not write; refusing to delete it")
 
 
 def write_checkpoint(accelerator, out: Path, step: int, write_contents) -> Path:

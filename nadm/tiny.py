@@ -102,12 +102,13 @@ def tiny_components(tokenizer_dir: str | Path, seed: int = 0) -> dict:
 def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
     """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
     from nadm.base import quiet_loading
+    from nadm.io import staged_folder
 
     path = Path(path)
-    with quiet_loading():  # the library's import notes and shard-writing bars say nothing about a tiny model
+    with quiet_loading(), staged_folder(path, overwrite=False) as staging:  # quiet: it is a tiny model
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        components = tiny_components(path / "tokenizer", seed)
+        components = tiny_components(staging / "tokenizer", seed)
         scheduler = DDIMScheduler(
             beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
         )
@@ -118,7 +119,7 @@ def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipe.save_pretrained(path)
+        pipe.save_pretrained(staging)  # put in place with public file modes (safetensors writes 0600)
     return path
 
 

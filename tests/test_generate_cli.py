@@ -125,7 +125,9 @@ def test_errors_are_one_line_exit_2_and_touch_nothing(kept, tmp_path, name, args
         else:
             extra += [option, value]
     out = Path(opts["-o"])
-    out.write_bytes(b"precious")  # a previous result that must survive any failure
+    out.write_bytes(b"precious")  # a previous result (nadm's: it has nadm's sidecar) that must survive any failure
+    side = Path(f"{out}.json")
+    side.write_text('{"nadm_version": "0"}')
     overwrite = [] if "--no-overwrite" in args else ["--overwrite"]
     prompt = [] if "--prompts" in extra else ["ink mountains"]
     run = nadm("generate", *prompt, *[x for kv in opts.items() for x in kv], *SMALL, *extra, *overwrite, "--quiet")
@@ -133,7 +135,8 @@ def test_errors_are_one_line_exit_2_and_touch_nothing(kept, tmp_path, name, args
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], run.stderr
     assert "Traceback" not in run.stderr
-    assert out.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert out.read_bytes() == b"precious" and side.read_text() == '{"nadm_version": "0"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, side.name])
     if name.startswith("hub"):
         assert "pass a local path" in errors[0]
 

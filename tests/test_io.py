@@ -127,7 +127,7 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_overwrite_replaces_file_and_folder(tmp_path):
     target = tmp_path / "keep.mp4"
-    target.write_bytes(b"old")
+    io.write_video(_clip(n=3), target, fps=8)  # an earlier nadm output (--overwrite replaces only those)
     io.write_video(_clip(n=2), target, fps=8, overwrite=True)
     assert len(io.read_video(target)[0]) == 2
     folder = io.write_video(_clip(n=3), tmp_path / "f", fps=8)

@@ -90,6 +90,7 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
 
     Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
     from nadm.evaluation import NEEDS_REAL, VideoSet, check_request
+    from nadm.io import check_replaceable, check_writable
     from nadm.metric_networks import C3D_WEIGHTS, I3D_WEIGHTS, resolve_weights
 
     # 1. check every input, and fetch the metric networks, before hours of generation
@@ -104,10 +105,12 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     sets = [VideoSet(name, [root / name / f"{i:04d}_seed{s}.mp4" for i, _, s in jobs], [p for _, p, _ in jobs])
             for name in checkpoints]
     check_request(sets, real, opt)
+    check_writable(root)
     for vs in sets:
         for path, (_, prompt, seed) in zip(vs.paths, jobs):
             if path.exists() and not kw["overwrite"] and not _reusable(path, prompt, seed, checkpoints[vs.label]):
                 raise NADMError(f"{path} exists and was not made with this prompt/seed/checkpoint: pass --overwrite")
+            check_replaceable(path, True)  # only a video nadm wrote is reused or replaced
     if set(opt.metrics) & NEEDS_REAL:
         resolve_weights(I3D_WEIGHTS, opt.weights_dir)
     if "is" in opt.metrics:
@@ -123,7 +126,7 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     generation = {"base": base, "motions": checkpoints, "prompts": prompts, "seeds": seed_list,
                   "num_frames": num_frames, "height": height, "width": width, "steps": steps,
                   "guidance": guidance, "interpolate": interpolate, "out": str(root)}
-    score_and_report(sets, real, real_dir, opt, json_out, {"generation": generation})
+    score_and_report(sets, real, real_dir, opt, json_out, {"generation": generation}, kw["overwrite"])
 
 
 def _generate_set(vs: VideoSet, checkpoint: str, jobs: list[tuple[int, str, int]], base: str | None, device: str | None,

@@ -113,12 +113,13 @@ def cache(root: Path, out: Path, base: str | None, base_config: str | None, fram
     from nadm.base import DEFAULT_BASE, load_base
     from nadm.data import DataConfig, VideoClipDataset
     from nadm.errors import NADMError
+    from nadm.io import check_replaceable, check_writable
     from nadm.latent_cache import cache_latents
     from nadm.pipeline import resolve_device
 
-    # 1. everything about the request before the models load
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise NADMError(f"{out} already exists: pass --overwrite to replace it")
+    # 1. everything about the request before the models load (OUT: new, empty, or with --overwrite an earlier cache)
+    check_replaceable(out, overwrite or (out.is_dir() and not any(out.iterdir())))
+    check_writable(out.parent)
     try:
         config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution, seed=seed,
                             captions_file=None if captions_file is None else str(captions_file))  # fmt: skip

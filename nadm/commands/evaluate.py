@@ -140,24 +140,27 @@ def check_json_path(path: str | None, overwrite: bool) -> Path | None:
     """Validate the JSON output before any work: it must not exist unless overwrite; its folder is created."""
     if not path:
         return None
+    from nadm.io import check_replaceable, check_writable, clean_stale_temporaries
+
     out = Path(path).expanduser()
     if out.is_dir():
         raise NADMError(f"{out} is a folder; give a file name for --json")
-    if out.exists() and not overwrite:
-        raise NADMError(f"{out} already exists: pass --overwrite to replace it")
+    check_replaceable(out, overwrite)  # with --overwrite, only a report nadm wrote
+    check_writable(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
+    clean_stale_temporaries(out)
     return out
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+def write_json(path: Path, data: dict[str, Any], overwrite: bool) -> None:
+    """Write JSON atomically (a temporary file in the same folder, then `safe_replace`)."""
     from nadm.io import write_text_atomic
 
     try:
-        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
     except OSError as e:
         raise NADMError(f"could not write {path}: {e.strerror or e}") from e
 
@@ -185,7 +188,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def score_and_report(sets: list[VideoSet], real: list[Path] | None, real_dir: str | None, opt: EvalOptions,
-                     json_out: Path | None, inputs: dict[str, Any]) -> None:
+                     json_out: Path | None, inputs: dict[str, Any], overwrite: bool = False) -> None:
     """Score the sets (`evaluate_sets`), print the table and, with --json, write the report: versions,
     settings, the real videos, the generated ones (`inputs`) and the results."""
     from dataclasses import asdict
@@ -199,7 +202,7 @@ def score_and_report(sets: list[VideoSet], real: list[Path] | None, real_dir: st
         settings = {k: list(v) if k == "metrics" else v for k, v in asdict(opt).items() if k != "progress"}
         real_info = {"dir": real_dir, "videos": [p.name for p in real]} if real else None
         write_json(json_out, {"versions": environment_versions(), "settings": settings, "real": real_info,
-                              **inputs, "results": results})
+                              **inputs, "results": results}, overwrite)
         click.echo(f"wrote {json_out}")
 
 
@@ -293,4 +296,4 @@ def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str
 
     # 2. score, 3. print, 4. save
     fake = {s.label: {"dir": d, "videos": [p.name for p in s.paths]} for s, d in zip(sets, fake_dirs)}
-    score_and_report(sets, real, real_dir, opt, json_out, {"fake": fake})
+    score_and_report(sets, real, real_dir, opt, json_out, {"fake": fake}, kw["overwrite"])

@@ -110,7 +110,7 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
              base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
              compile_mode, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
-    from nadm.io import check_output_path
+    from nadm.io import check_output_path, read_sidecar
 
     # 1. everything that can be checked without loading a model
     if (prompt is None) == (prompts_file is None):
@@ -150,8 +150,8 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
         start = time.perf_counter()
         result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
                       guidance=guidance, seed=seed, interpolate=interpolate, flow=flow)  # fmt: skip
-        rate = fps or result.fps
-        written = save_result(result, path, fps=rate, overwrite=overwrite)
+        written = save_result(result, path, fps=fps or result.fps, overwrite=overwrite)
+        rate = read_sidecar(written)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
         click.echo(
             f"wrote {written}: {len(result.frames)} frames ({len(result.keyframes)} generated), {width}x{height}, "
             f"{rate:g} fps, seed {result.settings['seed']}, {time.perf_counter() - start:.1f} s"
@@ -187,9 +187,12 @@ class _Stages:
 def selftest(keep: Path | None, device: str, dtype: str) -> None:
     """Generate a short video offline with tiny random models, end to end, and time each stage."""
     if keep is not None:
+        from nadm.io import check_writable
+
         clash = [keep / name for name in ("base", "motion", "selftest.mp4") if (keep / name).exists()]
         if clash:
             raise NADMError(f"{clash[0]} already exists: give --keep an empty or new folder")
+        check_writable(keep)
         keep.mkdir(parents=True, exist_ok=True)
     work = keep if keep is not None else Path(tempfile.mkdtemp(prefix="nadm-selftest-"))
     stage = _Stages()

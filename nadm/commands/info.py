@@ -49,13 +49,15 @@ def info(base: str | None, motion: str | None) -> None:
         return
 
     from nadm.checkpoint import load_motion_source
-    from nadm.config import NADMConfig
+    from nadm.config import NADMConfig, TrainConfig
     from nadm.losses import NoiseAdapter
     from nadm.motion import build_video_unet, freeze_for_training, parameter_counts
 
     weights = load_motion_source(motion) if motion else None
     config = weights.config if weights else NADMConfig()
-    adapter = NoiseAdapter.from_config(config)
+    # the adapter `nadm train` builds: its shape is a training setting (model.adapter_*, paper preset), whatever
+    # the motion weights' own config says; --init-motion loads an adapter the checkpoint holds into it
+    adapter = NoiseAdapter.from_config(TrainConfig().model)
     adapter_params = sum(p.numel() for p in adapter.parameters())
     click.echo("model:")
     click.echo(f"  motion config            {config.kind} (attn1={config.attn1}, attn2={config.attn2})")
@@ -81,4 +83,7 @@ def info(base: str | None, motion: str | None) -> None:
     else:
         motion_params = sum(v.numel() for k, v in weights.motion.items() if not k.endswith("pos_embed.pe"))
         click.echo(f"  motion modules           {motion_params:,} (pass --base for frozen counts)")
-    click.echo(f"  trainable (noise adapter) {adapter_params:,}")
+    if weights and weights.noise_adapter:
+        held = sum(v.numel() for v in weights.noise_adapter.values())
+        click.echo(f"  noise adapter (in --motion) {held:,}")
+    click.echo(f"  trainable (noise adapter) {adapter_params:,} (as nadm train builds it, paper preset)")

@@ -8,6 +8,8 @@ import click
 
 from nadm.errors import NADMError
 
+MAX_FRAMES = 2000  # output frames made without --force (16 frames --times 6 make 961; --times 12 would make 61441)
+
 
 @click.command("interpolate")
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
@@ -24,7 +26,8 @@ from nadm.errors import NADMError
 @click.option("--window", type=click.IntRange(min=1), default=None,
               help="sofp only: frame T for pair t is min(t + W, N - 1)  [default: the clip's last frame].")
 @click.option("--keep-fps", is_flag=True, help="Keep the input fps (slow motion) instead of doubling it per pass.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT (and its .json sidecar) if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (and its .json sidecar) if nadm wrote it.")
+@click.option("--force", is_flag=True, help=f"Make more than {MAX_FRAMES} output frames (refused without it).")
 def interpolate(
     input_path: Path,
     output: Path,
@@ -35,10 +38,11 @@ def interpolate(
     window: int | None,
     keep_fps: bool,
     overwrite: bool,
+    force: bool,
 ) -> None:
     """Insert frames between the frames of IN (a video, GIF, or folder of images) and write OUT."""
     from nadm import interpolate as interp
-    from nadm.io import check_output_path, read_video, write_video
+    from nadm.io import check_output_path, read_sidecar, read_video, write_video
 
     # 1. option consistency and the output path, before any expensive work
     if method == "crossfade" and flow is not None:
@@ -55,6 +59,7 @@ def interpolate(
         frames = interp.check_clip(frames)
     except ValueError as e:
         raise NADMError(f"{input_path}: {e}") from e
+    check_frame_count(frames.shape, times_, force)
 
     # 3. interpolate
     options: dict = {}
@@ -89,4 +94,19 @@ def interpolate(
     if flow == "dis":
         settings["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
     write_video(result, out, fps_out, metadata={"interpolation": settings}, overwrite=overwrite)
-    click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {fps_out:g} fps ({method})")
+    written = read_sidecar(out)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
+    click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {written:g} fps ({method})")
+
+
+def check_frame_count(shape: tuple[int, ...], times: int, force: bool) -> int:
+    """The output frame count of `times` doublings of a `(N, H, W, 3)` clip, 2^K (N - 1) + 1; NADMError above
+    MAX_FRAMES unless forced, saying the count and the memory the frames take."""
+    n, h, w = shape[:3]
+    count = 2**times * (n - 1) + 1
+    if count > MAX_FRAMES and not force:
+        gib = count * h * w * 3 / 2**30
+        raise NADMError(
+            f"--times {times} would make {count:,} frames from {n} ({2**times}x, {gib:,.1f} GiB of {w}x{h} frames), "
+            f"more than {MAX_FRAMES:,}: pass --force to make them anyway"
+        )
+    return count

@@ -102,10 +102,12 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     The resolved config is saved in OUTPUT and beside every checkpoint. Run it under `accelerate launch`
     for several GPUs or processes.
     """
+    from nadm.io import check_writable
     from nadm.runfolder import find_checkpoint
     from nadm.train import TrainingDiverged, resolve_config
     from nadm.train import train as run_training
 
+    check_writable(output)  # before any data or model is read
     overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if value is not None}
     overrides.update(_parse_set(settings))
     resume_from = find_checkpoint(output, resume) if resume else None
