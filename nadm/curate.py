@@ -19,6 +19,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from nadm.config import clip_span
 from nadm.data import (
     CAPTION_FILES,
     VIDEO_EXTENSIONS,
@@ -285,12 +286,13 @@ def check_dataset(
     captions_file: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> CheckReport:
-    """Every clip of ROOT decodes fully, has a non-empty caption and at least frames*stride frames (Sec. IV-A1)."""
+    """Every clip of ROOT decodes fully, has a non-empty caption and at least `clip_span(frames, stride)` frames
+    (Sec. IV-A1)."""
     if frames < 1 or stride < 1:
         raise NADMError(f"--frames and --stride must be >= 1, got {frames} and {stride}")
     root = Path(root).expanduser()
     folder = videos_dir(root)
-    need = frames * stride
+    need = clip_span(frames, stride)
     report = CheckReport([], [])
     # 1. captions: a malformed file is a user mistake (NADMError); a missing one is a problem for every clip
     file = Path(captions_file) if captions_file is not None else find_captions_file(root)
@@ -318,7 +320,7 @@ def check_dataset(
         if decoded < header.frames:
             report.problems.append((name, f"truncated: decoded {decoded} of the {header.frames} frames it states"))
         if decoded < need:
-            message = f"too short: {decoded} frames, training needs {frames} x stride {stride} = {need}"
+            message = f"too short: {decoded} frames, training needs ({frames} - 1) x stride {stride} + 1 = {need}"
             report.problems.append((name, message))
         report.infos.append(VideoInfo(path, decoded, header.fps, header.width, header.height))
     return report

@@ -41,7 +41,7 @@ def data() -> None:
     type=int,
     default=32,
     show_default=True,
-    help="Drop clips shorter than this; training needs frames x stride (paper: 8 x 4 = 32).",
+    help="Drop clips shorter than this; a training clip needs (frames - 1) x stride + 1 (paper: 29).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace DST's contents if DST is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -120,11 +120,11 @@ def cache(root: Path, out: Path, base: str | None, base_config: str | None, fram
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise NADMError(f"{out} already exists: pass --overwrite to replace it")
     try:
-        config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution, seed=seed,
+        config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution,
                             captions_file=None if captions_file is None else str(captions_file))  # fmt: skip
     except ValueError as e:
         raise NADMError(str(e)) from None
-    dataset = VideoClipDataset(config)
+    dataset = VideoClipDataset(config, seed=seed)
     dev = resolve_device(device)
     # 2. the frozen encoders, in float32 (latents are cached in float32)
     model = load_base(base or DEFAULT_BASE, config=base_config)
