@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -56,13 +58,16 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
-    """The checkpoint `--resume` names: 'latest' (in the output folder), a checkpoint folder or another run's folder."""
+    """The checkpoint `--resume` names: 'latest' (in the output folder), `checkpoint-N` (in the output folder), a
+    checkpoint folder or another run's folder."""
     if resume == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
             raise NADMError(f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
         return found.resolve()
     path = Path(resume).expanduser()
+    if not path.exists() and re.fullmatch(r"checkpoint-\d+", resume):  # a name in this run's checkpoints folder
+        path = Path(output_dir) / CHECKPOINTS / f"checkpoint-{int(resume[11:]):06d}"
     if (path / CHECKPOINTS).is_dir() and not (path / RUN_CONFIG).is_file():
         found = latest_checkpoint(path)
         if found is None:
@@ -88,6 +93,62 @@ def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise NADMError(f"{folder / EXPORT} has no noise adapter: it cannot resume training")
     motion = {f"unet.{k}": v for k, v in export.motion.items()}
     return {**motion, **{f"adapter.{k}": v for k, v in export.noise_adapter.items()}}
+
+
+# What `accelerator.load_state` reads from a checkpoint besides our own files: the optimizer (DDP and single
+# process), the fp16 loss scaler, and the registered objects (LR schedule, step, EMA); name -> torch.load weights_only.
+# The RNG states are left out: accelerate loads them only where it can, and nadm's noise does not depend on them.
+def state_files(ema: bool, sharded: bool, scaler: bool) -> dict[str, bool]:
+    """The accelerate files a resumed run loads, mapped to whether accelerate loads them weights-only."""
+    files = {} if sharded else {"optimizer.bin": True}
+    if scaler:
+        files["scaler.pt"] = True
+    files.update({f"custom_checkpoint_{i}.pkl": False for i in range(2 + ema)})
+    return files
+
+
+def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool) -> str | None:
+    """Why `folder` cannot resume training (its first missing, truncated or unreadable file), or None: accelerate's
+    files through accelerate's own loader, the weights through their headers (which cover the whole file)."""
+    from accelerate.utils import load
+    from safetensors import SafetensorError, safe_open
+
+    weights = [WEIGHTS] if ema else [f"{EXPORT}/motion_modules.safetensors", f"{EXPORT}/noise_adapter.safetensors"]
+    for name in [*files, RUN_CONFIG, f"{EXPORT}/config.json", *weights]:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for name in [*files, *weights]:
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(str(folder / name), framework="pt"):
+                    pass
+            else:
+                load(folder / name, map_location="cpu", weights_only=files[name])
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{name} is truncated or unreadable ({reason})"
+    return None
+
+
+def damaged_checkpoint(folder: Path, problem: str, files: dict[str, bool], ema: bool) -> NADMError:
+    """The one-line error for a checkpoint that cannot resume: what is wrong, and the newest earlier checkpoint of
+    the same run that is whole (`--resume checkpoint-N`), if any."""
+    step = int(folder.name[11:]) if folder.name[11:].isdigit() else None
+    earlier = [c for c in reversed(checkpoints(folder.parent.parent)) if step is None or int(c.name[11:]) < step]
+    good = next((c for c in earlier if checkpoint_problem(c, files, ema) is None), None)
+    offer = (
+        f"resume from the previous complete one with --resume {good.name} ({good})"
+        if good is not None
+        else "no earlier checkpoint of this run is complete: start over with --overwrite"
+    )
+    return NADMError(f"the checkpoint {folder} is damaged: {problem}; {offer}")
+
+
+def check_resumable(folder: Path, files: dict[str, bool], ema: bool) -> None:
+    """NADMError (`damaged_checkpoint`) unless every file resuming from `folder` reads is present and whole."""
+    problem = checkpoint_problem(folder, files, ema)
+    if problem is not None:
+        raise damaged_checkpoint(folder, problem, files, ema)
 
 
 def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:

@@ -35,7 +35,7 @@ from nadm.config import (
     train_config_from_dict,
     train_preset,
 )
-from nadm.errors import NADMError
+from nadm.errors import NADMError, RunFailed
 from nadm.losses import NoiseAdapter
 from nadm.motion import build_video_unet, parameter_counts
 from nadm.runfolder import (
@@ -46,12 +46,14 @@ from nadm.runfolder import (
     WEIGHTS,
     MetricsWindow,
     check_output,
+    check_resumable,
     find_checkpoint,
     fingerprint,
     log_record,
     prune,
     read_trainable,
     start_metrics,
+    state_files,
     validation_videos,
     write_checkpoint,
 )
@@ -88,8 +90,8 @@ ARCHITECTURE_FIELDS = (
 )
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/inf: the run stops without saving anything after it."""
+class TrainingDiverged(RunFailed):
+    """The loss or the gradient norm became NaN/inf: the run stops without saving anything after it (exit 3)."""
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -182,19 +184,21 @@ def load_frozen_base(config: TrainConfig) -> BaseModel:
 
 
 def resolve_model_config(run_model: NADMConfig, unet2d: UNet2DConditionModel, init: MotionWeights | None = None) -> NADMConfig:
-    """The run's motion config: architecture from --init-motion weights when given, attention types and the noise
-    adapter always from the run (so an AnimateDiff init trains as NADM); checked against the base UNet."""
-    from nadm.motion import check_compatible
+    """The run's motion config: the architecture from --init-motion weights when given, else the base UNet's
+    (`motion_shape_of`) wherever the run leaves it at SD 1.5's defaults; attention types and the noise adapter
+    always from the run (so an AnimateDiff init trains as NADM). Checked against the base UNet."""
+    from nadm.motion import check_compatible, motion_shape_of
 
-    model = run_model
     if init is not None:
         model = run_model.replace(**{name: getattr(init.config, name) for name in ARCHITECTURE_FIELDS})
+    else:  # any diffusers UNet2DConditionModel: what the run did not set follows the base
+        defaults, base = NADMConfig(), motion_shape_of(unet2d)
+        model = run_model.replace(**{k: v for k, v in base.items() if getattr(run_model, k) == getattr(defaults, k)})
     try:
         check_compatible(unet2d, model)
     except ValueError as e:
-        raise NADMError(
-            f"{e}; set model.block_out_channels / model.motion_layers_per_block in the config to the base UNet's"
-        ) from None
+        shape = ", ".join(f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in motion_shape_of(unet2d).items())
+        raise NADMError(f"{e}; the base UNet needs {shape}: set these, or leave them unset to follow the base") from None
     return model
 
 
@@ -304,6 +308,9 @@ def train(
     except ValueError as e:
         raise NADMError(f"cannot set up training: {e}") from None
     try:
+        if resume_dir is not None:  # every file resuming reads is there and whole, before any model loads
+            files = state_files(config.optim.ema, _sharded(accelerator), accelerator.scaler is not None)
+            check_resumable(resume_dir, files, config.optim.ema)
         return _run(accelerator, config, out, resume_dir, overwrite, progress)
     finally:
         accelerator.end_training()
@@ -377,7 +384,8 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     if model_cfg != cfg.model:
         changed = [f"{k}={getattr(model_cfg, k)!r}" for k in ARCHITECTURE_FIELDS
                    if getattr(model_cfg, k) != getattr(cfg.model, k)]  # fmt: skip
-        say(f"motion architecture from --init-motion ({init.source_format}): {', '.join(changed)}")
+        source = f"--init-motion ({init.source_format})" if init is not None else "the base UNet"
+        say(f"motion architecture from {source}: {', '.join(changed)}")
         cfg = cfg.replace(model=model_cfg)
     video_unet = build_video_unet(parts.unet, model_cfg, init.motion if init is not None else None)
     parts.unet = None  # the video UNet holds its own copy of these weights

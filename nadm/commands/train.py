@@ -103,14 +103,12 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     for several GPUs or processes.
     """
     from nadm.runfolder import find_checkpoint
-    from nadm.train import TrainingDiverged, resolve_config
+    from nadm.train import resolve_config
     from nadm.train import train as run_training
 
     overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if value is not None}
     overrides.update(_parse_set(settings))
     resume_from = find_checkpoint(output, resume) if resume else None
     config = resolve_config(preset=preset, config_file=config_file, overrides=overrides, resume_from=resume_from)
-    try:
-        run_training(config, output, resume=resume_from, overwrite=overwrite, progress=not quiet)
-    except TrainingDiverged as e:
-        raise click.ClickException(str(e)) from None
+    # a diverging loss raises TrainingDiverged (RunFailed): one line and exit code 3 from nadm.cli
+    run_training(config, output, resume=resume_from, overwrite=overwrite, progress=not quiet)
