@@ -5,6 +5,8 @@ captions over; `check_dataset` verifies that every clip decodes, has a caption a
 paper's kind of statistics (`format_stats`). Layout as in `nadm.data`, frame numbering as in `nadm.decode`.
 """
 
+# scenedetect is imported inside the functions that cut scenes: `nadm data check` starts without it.
+
 from __future__ import annotations
 
 import json

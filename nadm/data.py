@@ -23,6 +23,7 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -200,8 +201,6 @@ def listing(items: Sequence[str], limit: int = 5) -> str:
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """`(N, H, W, 3)` -> `(N, size, size, 3)` uint8: the centre square, scaled so the short side is `size`
     (Sec. IV-A1's "resized and center-cropped")."""
-    import cv2
-
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (N, H, W, 3), got {tuple(frames.shape)}")
     n, h, w, _ = frames.shape

@@ -21,6 +21,8 @@ leaves a half-written output, and nothing is replaced unless `overwrite=True`. B
 fps, frame count, size, format, the nadm version and the library versions.
 """
 
+# PyAV, Pillow, OpenCV and nadm.decode are imported inside the readers and writers that use them (CLI start-up time).
+
 from __future__ import annotations
 
 import contextlib

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -55,8 +56,6 @@ def cache_latents(
     OUT/cache.json. Clip k of video i is the clip epoch k of `VideoClipDataset` draws for it, so the cache
     holds only K of the clips live decoding would sample. Latents are the VAE posterior means.
     """
-    from safetensors.torch import save_file
-
     if isinstance(clips_per_video, bool) or not isinstance(clips_per_video, int) or clips_per_video < 1:
         raise InvalidRequest(f"clips_per_video must be an integer >= 1, got {clips_per_video!r}")
     out = Path(out_dir).expanduser()
@@ -111,7 +110,6 @@ class CachedLatentDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | os.PathLike, empty_caption_prob: float = 0.1, seed: int = 0):
-        from safetensors.torch import load_file
 
         if not 0.0 <= empty_caption_prob <= 1.0:
             raise InvalidRequest(f"empty_caption_prob must be in [0, 1], got {empty_caption_prob!r}")
@@ -137,7 +135,6 @@ class CachedLatentDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        from safetensors.torch import load_file
 
         if not 0 <= index < len(self):
             raise IndexError(f"cached clip index {index} out of range 0..{len(self) - 1}")

@@ -15,6 +15,8 @@ Frames are centre-cropped to a square before I3D and C3D (the reference datasets
 The TorchScript files are looked up in a given folder, then the cache (`cache_dir`), else downloaded.
 """
 
+# torch and transformers are imported inside functions: `nadm evaluate` checks its arguments before they load.
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,8 @@ module's output projection so an untrained module leaves SD's per-frame output u
 Video layout everywhere: `(batch, channels, frames, height, width)`.
 """
 
+# diffusers is imported inside functions (CLI start-up time of the commands that import this module).
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nadm.base import quiet_loading
 from nadm.config import NADMConfig
 from nadm.errors import NADMError
 
@@ -138,7 +141,6 @@ def build_video_unet(
     """
     from diffusers import UNetMotionModel
 
-    from nadm.base import quiet_loading
 
     check_compatible(unet2d, config)
     with quiet_loading():  # from_unet2d warns about a dtype cast it does itself

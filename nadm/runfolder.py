@@ -15,6 +15,8 @@ A checkpoint is written into a hidden `.checkpoint-N.partial` folder and renamed
 every visible `checkpoint-N` folder is whole; a run that fails leaves the last one untouched.
 """
 
+# accelerate is imported inside a function: `nadm train` finds its checkpoint and checks its config before it loads.
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +29,13 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
+from nadm.checkpoint import load_checkpoint
 from nadm.errors import NADMError
 from nadm.io import move_into_place
+from nadm.pipeline import NADMPipeline, save_result
 
 RUN_CONFIG = "train_config.yaml"
 METRICS = "metrics.jsonl"
@@ -81,10 +87,6 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
 def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A checkpoint's trained weights as the training module's keys (`unet.<motion>`, `adapter.<...>`): the raw
     ones (trainable_weights.safetensors) when EMA wrote them apart, else the NADM export's."""
-    from safetensors.torch import load_file
-
-    from nadm.checkpoint import load_checkpoint
-
     folder = Path(folder)
     if (folder / WEIGHTS).is_file():
         return load_file(str(folder / WEIGHTS))
@@ -111,7 +113,6 @@ def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool) -> str |
     """Why `folder` cannot resume training (its first missing, truncated or unreadable file), or None: accelerate's
     files through accelerate's own loader, the weights through their headers (which cover the whole file)."""
     from accelerate.utils import load
-    from safetensors import SafetensorError, safe_open
 
     weights = [WEIGHTS] if ema else [f"{EXPORT}/motion_modules.safetensors", f"{EXPORT}/noise_adapter.safetensors"]
     for name in [*files, RUN_CONFIG, f"{EXPORT}/config.json", *weights]:
@@ -300,8 +301,6 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
 def validation_videos(config, motion_weights, out: Path, step: int, device) -> Path:
     """One clip per fixed prompt and seed from the frozen base + `motion_weights`, sampled as at inference
     (DDIM, guidance; Sec. IV-A2) by nadm.pipeline, written to DIR/validation/step-<step>/."""
-    from nadm.pipeline import NADMPipeline, save_result
-
     folder = out / "validation" / f"step-{step:06d}"
     v = config.validation
     size = v.resolution or config.data.resolution

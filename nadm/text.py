@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from nadm.base import quiet_loading
+
 if TYPE_CHECKING:
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
 
 def token_counts(texts: Sequence[str], tokenizer: CLIPTokenizer) -> list[int]:
     """Each text's length in tokens before cutting (start and end tokens included)."""
-    from nadm.base import quiet_loading
-
     with quiet_loading():  # the tokenizer warns about long inputs in its own words; callers say it once
         return [len(tokenizer(text, truncation=False).input_ids) for text in texts]
 

@@ -8,6 +8,8 @@ and timesteps of (seed, step, micro-batch, rank). A resumed run skips the batche
 reproduces the losses of an uninterrupted one.
 """
 
+# accelerate and diffusers are imported inside functions: `nadm train` reports a config mistake before they load.
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,10 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from nadm import __version__
-from nadm.checkpoint import MotionWeights
+from nadm.base import load_base
+from nadm.checkpoint import MotionWeights, load_motion_source, load_noise_adapter, save_checkpoint
 from nadm.config import (
     NADMConfig,
     TrainConfig,
@@ -37,7 +41,7 @@ from nadm.config import (
 )
 from nadm.errors import NADMError, RunFailed
 from nadm.losses import NoiseAdapter
-from nadm.motion import build_video_unet, parameter_counts
+from nadm.motion import build_video_unet, check_compatible, check_state_dict, motion_shape_of, parameter_counts
 from nadm.runfolder import (
     CHECKPOINTS,
     EXPORT,
@@ -178,8 +182,6 @@ def resolve_config(
 def load_frozen_base(config: TrainConfig) -> BaseModel:
     """SD 1.5's UNet, VAE, CLIP text encoder and tokenizer (Sec. III-C), frozen, from a hub id, a diffusers folder
     or a single file (+ base_config), through nadm.base."""
-    from nadm.base import load_base
-
     return load_base(config.base, config=config.base_config)
 
 
@@ -187,8 +189,6 @@ def resolve_model_config(run_model: NADMConfig, unet2d: UNet2DConditionModel, in
     """The run's motion config: the architecture from --init-motion weights when given, else the base UNet's
     (`motion_shape_of`) wherever the run leaves it at SD 1.5's defaults; attention types and the noise adapter
     always from the run (so an AnimateDiff init trains as NADM). Checked against the base UNet."""
-    from nadm.motion import check_compatible, motion_shape_of
-
     if init is not None:
         model = run_model.replace(**{name: getattr(init.config, name) for name in ARCHITECTURE_FIELDS})
     else:  # any diffusers UNet2DConditionModel: what the run did not set follows the base
@@ -373,8 +373,6 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     Returns (config with the resolved motion architecture, base components, module, names of the parameters no
     gradient reaches and that stay frozen). `fresh=False` (resuming) skips --init-motion: the checkpoint has it.
     """
-    from nadm.checkpoint import load_motion_source, load_noise_adapter
-
     # 3. frozen base, then the motion config and its initial weights
     parts = load_frozen_base(cfg)
     if cfg.data.latent_cache is not None:  # cached latents and text: the encoders are not needed
@@ -476,8 +474,6 @@ def _drop_full_model(models: list, weights: list, directory: str) -> None:
 
 def _load_trainable(raw: NADMTrainModule, models: list, directory: str) -> None:
     """accelerate's load hook: the trained weights back from the checkpoint's own files, strictly."""
-    from nadm.motion import check_state_dict
-
     if not models:
         return  # FSDP/DeepSpeed: accelerate loads its own model files
     tensors = read_trainable(directory)
@@ -604,10 +600,6 @@ def _split(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
 
 def _write_contents(run: Run, folder: Path) -> None:
     """A checkpoint's own files: the NADM export (EMA weights with EMA, the raw ones apart for resuming), the config."""
-    from safetensors.torch import save_file
-
-    from nadm.checkpoint import save_checkpoint
-
     weights = _trainable_weights(run.accelerator, run.module)
     export = weights if run.ema is None else _trainable_weights(run.accelerator, run.module, run.ema, run.trainable)
     if run.accelerator.is_main_process:

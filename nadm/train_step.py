@@ -6,6 +6,8 @@ micro-batch, its noise and timesteps drawn from `step_generator(seed, step, micr
 runs it.
 """
 
+# diffusers is imported inside functions: `nadm train` reports a config mistake before it loads.
+
 from __future__ import annotations
 
 from dataclasses import dataclass

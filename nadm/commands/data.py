@@ -1,5 +1,7 @@
 """`nadm data prepare|check|cache`: build, verify and pre-encode an LPV-HD-style dataset (Sec. III-B); docs/dataset.md."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,7 @@
 """`nadm train`: train the motion module and noise adapter on a frozen SD 1.5 (Sec. III-D3, IV-A1); docs/training.md."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 from pathlib import Path
