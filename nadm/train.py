@@ -641,7 +641,7 @@ def finish(run: Run) -> TrainResult:
     if not _sharded(accelerator):
         prints = accelerator.gather_for_metrics([fingerprint(run.raw.trainable_state_dict())], use_gather_object=True)
         if len(set(prints)) != 1:
-            raise RuntimeError(f"the ranks ended with different weights ({prints}): distributed training desynchronised")
+            raise RunFailed(f"the ranks ended with different weights ({prints}): distributed training desynchronised")
     if accelerator.is_main_process:
         frozen = next(p.dtype for p in run.raw.unet.parameters() if not p.requires_grad)
         summary = {
