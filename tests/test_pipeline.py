@@ -186,6 +186,19 @@ def test_devices_and_dtypes(monkeypatch):
             resolve_device("cuda")
 
 
+def test_one_device_resolver_for_the_sampler_and_the_metric_networks(monkeypatch):
+    """Issue 13: nadm.devices is the one resolver; 'auto' takes the first accelerator of `prefer` this machine has."""
+    from nadm import metric_networks
+
+    with pytest.raises(InvalidRequest, match="unknown device 'gpu0'"):
+        metric_networks.I3DFeatures(None, device="gpu0")  # refused before any weights are looked for
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "mps" and resolve_device(None).type == "mps"  # the sampler's order
+    assert resolve_device("auto", prefer=metric_networks.AUTO_DEVICES).type == "cpu"  # metric networks: CUDA or CPU
+    assert resolve_device("", prefer=()).type == "cpu"
+
+
 def test_check_request_without_a_motion_module_has_no_frame_limit():
     check_request(64, 512, 512)
     with pytest.raises(InvalidRequest, match="at most 24"):
