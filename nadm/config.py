@@ -1,6 +1,7 @@
 """Typed configs: the NADM motion-module config (Sec. III-D1, Table II switches) and strict dict/YAML loading."""
 
-# nadm.io (numpy) is imported inside save_train_config: `nadm train --help` imports this module for its presets.
+# yaml and nadm.io are imported inside the functions that read and write YAML: `nadm --help` imports this module
+# (through `nadm train`'s presets) and needs neither.
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypeVar
-
-import yaml
 
 from nadm import __version__
 
@@ -462,6 +461,8 @@ def train_preset(name: str) -> dict[str, Any]:
 
 def load_yaml(path) -> dict[str, Any]:
     """A YAML file's top-level mapping (an empty file is {}); ValueError naming the file otherwise."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
@@ -483,6 +484,8 @@ def load_train_config(path) -> TrainConfig:
 
 def save_train_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML, with the nadm version in a comment, atomically."""
+    import yaml
+
     from nadm.io import write_text_atomic
 
     text = f"# nadm {__version__} training config (resolved: defaults <- preset <- file <- flags)\n"

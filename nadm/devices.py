@@ -25,7 +25,9 @@ DTYPE_NAMES = {
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
-def resolve_device(device: str | torch.device | None = None, *, prefer: tuple[str, ...] = ("cuda", "mps")) -> torch.device:
+def resolve_device(
+    device: str | torch.device | None = None, *, prefer: tuple[str, ...] = ("cuda", "mps")
+) -> torch.device:
     """None/''/'auto': the first of `prefer` this machine has (CUDA, then MPS), else the CPU; an explicit device
     (cpu, cuda, cuda:N, mps) must exist here."""
     import torch

@@ -10,4 +10,4 @@ class InvalidRequest(NADMError, ValueError):
 
 
 class RunFailed(RuntimeError):
-    """A valid request whose run failed on its own numbers (NaN/inf latents, a diverging loss): one line, exit code 3."""
+    """A valid request whose run failed on its own numbers (NaN/inf latents, a diverging loss): one line, exit 3."""

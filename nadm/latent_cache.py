@@ -2,8 +2,9 @@
 encoder, so their outputs for the Sec. IV-A1 training clips can be computed once).
 
 `encode_frames` (and nadm.text's `encode_text`, the one CLIP prompt encoder) turn clips and captions into z_0 and
-the UNet's conditioning, for live training batches as well as for the cache; `cache_latents` writes K clips per video of a `VideoClipDataset`
-to a folder, and `CachedLatentDataset` serves them back with classifier-free-guidance caption dropout.
+the UNet's conditioning, for live training batches as well as for the cache; `cache_latents` writes K clips per
+video of a `VideoClipDataset` to a folder, and `CachedLatentDataset` serves them back with classifier-free-guidance
+caption dropout.
 Layout in and out of docs/dataset.md ("Latent cache").
 """
 

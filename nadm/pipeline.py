@@ -11,8 +11,8 @@ Layouts, stated once:
     video.frames, video.settings
 """
 
-# torch, diffusers and the modules importing them are imported inside functions: `nadm generate` checks its
-# arguments before they load.
+# torch, diffusers, tqdm and the nadm modules importing them (config/YAML, io) are imported inside functions:
+# `nadm --help` imports this module (through `nadm generate`'s), and `nadm generate` checks its arguments first.
 
 from __future__ import annotations
 
@@ -26,13 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from nadm.base import DEFAULT_BASE, LoraSpec, load_base, quiet_loading
-from nadm.config import to_dict
 from nadm.devices import resolve_device, resolve_dtype
 from nadm.errors import InvalidRequest, NADMError, RunFailed
-from nadm.io import environment_versions, write_video
 from nadm.text import encode_text, token_counts
 
 if TYPE_CHECKING:
@@ -343,6 +340,7 @@ class NADMPipeline:
     def decode_latents(self, latents, progress: bool = False) -> np.ndarray:
         """z_0 `(1, 4, f, h, w)` -> frames `(f, H, W, 3) uint8`, decoding `decode_chunk` frames per VAE call."""
         import torch
+        from tqdm.auto import tqdm
 
         if latents.ndim != 5 or latents.shape[0] != 1:
             raise ValueError(f"latents must be (1, channels, frames, height, width), got {tuple(latents.shape)}")
@@ -428,6 +426,7 @@ class NADMPipeline:
         RunFailed when the latents end NaN/inf.
         """
         import torch
+        from tqdm.auto import tqdm
 
         from nadm.motion import predict_noise
 
@@ -455,6 +454,9 @@ class NADMPipeline:
 
     def _settings(self, request: dict, scheduler, size: tuple[int, int], keyframes: int, frames: int, interpolation) -> dict:
         """Step 7 of `__call__`: everything needed to make the clip again (JSON-ready; the sidecar's content)."""
+        from nadm.config import to_dict
+        from nadm.io import environment_versions
+
         sched = scheduler.config
         return {
             **request,
@@ -481,5 +483,7 @@ class NADMPipeline:
 
 def save_result(result: VideoResult, path: str | Path, fps: float | None = None, overwrite: bool = False) -> Path:
     """Write a clip with nadm.io (format by suffix, atomic) and its settings as the JSON sidecar `<path>.json`."""
+    from nadm.io import write_video
+
     metadata = {k: v for k, v in result.settings.items() if k != "environment"}  # the writer adds the versions
     return write_video(result.frames, path, fps or result.fps, metadata=metadata, overwrite=overwrite)

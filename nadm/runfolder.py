@@ -102,10 +102,12 @@ def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 # The RNG states are left out: accelerate loads them only where it can, and nadm's noise does not depend on them.
 def state_files(ema: bool, sharded: bool, scaler: bool) -> dict[str, bool]:
     """The accelerate files a resumed run loads, mapped to whether accelerate loads them weights-only."""
-    files = {} if sharded else {"optimizer.bin": True}
+    from accelerate.utils.constants import OPTIMIZER_NAME, SCALER_NAME
+
+    files = {} if sharded else {f"{OPTIMIZER_NAME}.bin": True}
     if scaler:
-        files["scaler.pt"] = True
-    files.update({f"custom_checkpoint_{i}.pkl": False for i in range(2 + ema)})
+        files[SCALER_NAME] = True
+    files.update({f"custom_checkpoint_{i}.pkl": False for i in range(2 + ema)})  # accelerate's save_custom_state
     return files
 
 

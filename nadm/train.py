@@ -332,9 +332,9 @@ def _run(accelerator: Accelerator, cfg: TrainConfig, out: Path, resume_dir: Path
     # 8. bookkeeping: the folder, the resolved config, the metrics history, TensorBoard
     start_bookkeeping(run, replace=resume_dir is None and overwrite)
     # 9. the loop: one optimisation step (Alg. 1 on `accum` micro-batches), then its log/checkpoint/validation
-    batches = batch_stream(loader, sampler, dataset, accelerator, run.step * cfg.optim.gradient_accumulation_steps)
+    batches = batch_stream(loader, sampler, dataset, accelerator, run.step * run.cfg.optim.gradient_accumulation_steps)
     run.last_checkpoint = resume_dir
-    max_steps = cfg.optim.max_steps
+    max_steps = run.cfg.optim.max_steps
     show = progress and accelerator.is_main_process
     bar = tqdm(total=max_steps, initial=run.step, desc="train", unit="step", disable=not show, dynamic_ncols=True)
     if run.step >= max_steps:
