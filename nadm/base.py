@@ -14,6 +14,8 @@ adapters, weighted by their scales, fused into the UNet/text-encoder weights and
 on plain weights at full speed.
 """
 
+# diffusers and transformers are imported inside functions (CLI start-up time); nadm.pipeline too (import cycle).
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,8 @@ AnimateDiff motion weights come as a diffusers `MotionAdapter` folder or hub id,
 file (`.ckpt`/`.safetensors` with `...temporal_transformer...attention_blocks.0...` keys).
 """
 
+# diffusers and safetensors are imported inside the functions that read or write weights (CLI start-up time).
+
 from __future__ import annotations
 
 import json

@@ -8,7 +8,7 @@ import sys
 import click
 
 from nadm import __version__
-from nadm.errors import NADMError
+from nadm.errors import NADMError, RunFailed
 
 # name -> "module:attribute"; each module is imported only when its command runs (torch is slow to import).
 COMMANDS = {
@@ -48,9 +48,15 @@ def cli() -> None:
     """NADM: text to Chinese landscape-painting video (noise-aware diffusion + SOFP interpolation)."""
 
 
+# Exit codes (the error policy in nadm/__init__.py): 0 done, 1 a check that found problems (`nadm data check`),
+# 2 a mistake the user can fix (NADMError), 3 a run that failed on its own numbers (RunFailed), 130 interrupted.
+EXIT_USER_ERROR, EXIT_RUN_FAILED = 2, 3
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes (NADMError) become one line on stderr and exit code 2, never a traceback;
-    Ctrl-C, SIGTERM and SIGHUP unwind like an exception (temporary outputs removed) and exit with 128 + signal."""
+    """Entry point: user mistakes (NADMError, exit 2) and failed runs (RunFailed, exit 3) become one line on stderr,
+    never a traceback; Ctrl-C, SIGTERM and SIGHUP unwind like an exception (temporary outputs removed) and exit with
+    128 + signal."""
     from nadm import signals
 
     signals.install()
@@ -69,7 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except NADMError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except RunFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
     except KeyboardInterrupt as e:
         click.echo("Terminated." if isinstance(e, signals.Terminated) else "Interrupted.", err=True)
         sys.exit(signals.exit_code(e))

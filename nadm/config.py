@@ -1,12 +1,18 @@
 """Typed configs: the NADM motion-module config (Sec. III-D1, Table II switches) and strict dict/YAML loading."""
 
+# yaml and nadm.io are imported inside the functions that read and write YAML: `nadm --help` imports this module
+# (through `nadm train`'s presets) and needs neither.
+
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, TypeVar
+
+from nadm import __version__
 
 T = TypeVar("T")
 
@@ -188,9 +194,20 @@ def _type_name(hint) -> str:
     return "null" if hint is type(None) else hint.__name__
 
 
+def clip_span(frames: int, stride: int) -> int:
+    """Source frames a clip of `frames` frames `stride` apart covers, first to last: (frames - 1) * stride + 1 (the
+    paper's 8 frames at stride 4: 29), the shortest video a training clip can come from."""
+    return (frames - 1) * stride + 1
+
+
 @dataclass(frozen=True)
-class TrainDataConfig:
-    """Training clips (Sec. IV-A1): `frames` frames `stride` apart, centre-cropped to `resolution`."""
+class DataConfig:
+    """Training clips (Sec. IV-A1): `frames` frames `stride` apart from a random start, centre-cropped to
+    `resolution`; captions dropped (set to "") with `empty_caption_prob` for classifier-free guidance.
+
+    The one data config: `TrainConfig.data`, `nadm.data.VideoClipDataset` and the latent cache all take it (the
+    clip sampling's seed is the run's, `run.seed`, passed to the dataset beside it).
+    """
 
     root: str | None = None  # dataset ROOT (ROOT/videos + captions); or --data
     latent_cache: str | None = None  # a `cache_latents` folder used instead of decoding videos
@@ -198,11 +215,14 @@ class TrainDataConfig:
     stride: int = 4
     resolution: int = 256
     empty_caption_prob: float = 0.1  # captions dropped for classifier-free guidance (AnimateDiff's 0.1)
-    captions_file: str | None = None
-    allow_empty_captions: bool = False
+    captions_file: str | None = None  # default: ROOT/captions.csv or ROOT/captions.jsonl
+    allow_empty_captions: bool = False  # train on clips whose caption is "" (else refused)
     num_workers: int = 0
 
     def __post_init__(self):
+        for name in ("root", "latent_cache", "captions_file"):  # paths may come as Path objects from Python callers
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         _check_types(self)
         _check_positive(self, "frames", "stride", "resolution")
         _check_positive(self, "num_workers", allow_zero=True)
@@ -212,6 +232,14 @@ class TrainDataConfig:
             raise ValueError(f"resolution must be a multiple of 8 (the VAE's factor), got {self.resolution}")
         if not 0.0 <= self.empty_caption_prob <= 1.0:
             raise ValueError(f"empty_caption_prob must be in [0, 1], got {self.empty_caption_prob!r}")
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip covers, first to last (`clip_span`)."""
+        return clip_span(self.frames, self.stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -335,7 +363,7 @@ class TrainConfig:
     base_config: str | None = None  # a single-file base's component configs (diffusers folder or hub id)
     init_motion: str | None = None  # AnimateDiff/NADM weights that initialise the motion module
     model: NADMConfig = dataclasses.field(default_factory=NADMConfig)
-    data: TrainDataConfig = dataclasses.field(default_factory=TrainDataConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     noise: NoiseScheduleConfig = dataclasses.field(default_factory=NoiseScheduleConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -356,7 +384,7 @@ class TrainConfig:
 
 TRAIN_SECTIONS = {
     "model": NADMConfig,
-    "data": TrainDataConfig,
+    "data": DataConfig,
     "loss": LossConfig,
     "noise": NoiseScheduleConfig,
     "optim": OptimConfig,
@@ -458,7 +486,6 @@ def save_train_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML, with the nadm version in a comment, atomically."""
     import yaml
 
-    from nadm import __version__
     from nadm.io import write_text_atomic
 
     text = f"# nadm {__version__} training config (resolved: defaults <- preset <- file <- flags)\n"

@@ -5,6 +5,8 @@ captions over; `check_dataset` verifies that every clip decodes, has a caption a
 paper's kind of statistics (`format_stats`). Layout as in `nadm.data`, frame numbering as in `nadm.decode`.
 """
 
+# scenedetect is imported inside the functions that cut scenes: `nadm data check` starts without it.
+
 from __future__ import annotations
 
 import json
@@ -20,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nadm import __version__
+from nadm.config import clip_span
 from nadm.data import (
     CAPTION_FILES,
     VIDEO_EXTENSIONS,
@@ -179,6 +182,50 @@ class PrepareReport:
     uncaptioned: int = 0  # clips written with an empty caption, to fill in
 
 
+def _cut_video(
+    source: Path, rel: str, videos: Path, stem: str, detector: str, threshold: float | None, min_frames: int,
+    report: PrepareReport,
+) -> dict[str, tuple[int, int, VideoInfo]]:
+    """One source video of `prepare_dataset` cut at its scene changes into `videos/<stem>-sceneNNN.mp4`: {clip name
+    relative to `videos`: (start, end, what was written)}; unreadable files and short scenes go into `report`."""
+    import scenedetect
+
+    try:
+        stated = probe_video(source).frames
+        scenes = detect_scenes(source, detector, threshold)
+    except (NADMError, scenedetect.VideoOpenFailure, *DECODE_ERRORS) as e:
+        report.problems.append((rel, f"unreadable, skipped ({str(e).removeprefix(f'{source}: ')})"))
+        return {}
+    seen = scenes[-1][1] if scenes else 0
+    if seen < stated:  # PySceneDetect skips what it cannot decode: a short count means a damaged file
+        report.problems.append((rel, f"truncated or corrupt, skipped (decoded {seen} of {stated} frames)"))
+        return {}
+    report.scenes += len(scenes)
+    keep = []
+    for number, (start, end) in enumerate(scenes, start=1):
+        if end - start < min_frames:
+            report.dropped_short += 1
+            continue
+        clip = videos / f"{stem}-scene{number:03d}.mp4"
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        keep.append((start, end, clip))
+    try:
+        infos = _write_scenes(source, keep) if keep else []
+    except (NADMError, *DECODE_ERRORS) as e:
+        for _, _, out in keep:
+            out.unlink(missing_ok=True)
+        report.problems.append((rel, f"decoding failed while cutting, skipped ({str(e).removeprefix(f'{source}: ')})"))
+        return {}
+    written = {}
+    for info, (start, end, out) in zip(infos, keep):
+        if info.frames < min_frames:  # fewer frames decoded than the cut promised (variable frame rate)
+            out.unlink()
+            report.dropped_short += 1
+            continue
+        written[out.relative_to(videos).as_posix()] = (start, end, info)
+    return written
+
+
 def prepare_dataset(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -190,8 +237,6 @@ def prepare_dataset(
     progress: bool = True,
 ) -> PrepareReport:
     """Cut every video under SRC at its scene changes into single-scene clips in DST (Sec. III-B's curation)."""
-    import scenedetect
-
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     # 1. validate everything before any work
     if min_frames < 1:
@@ -224,39 +269,8 @@ def prepare_dataset(
             if stem in taken:  # a.mp4 and a.mov in one folder: keep the clip names apart
                 stem = f"{stem}_{source.suffix[1:]}"
             taken.add(stem)
-            try:
-                stated = probe_video(source).frames
-                scenes = detect_scenes(source, detector, threshold)
-            except (NADMError, scenedetect.VideoOpenFailure, *DECODE_ERRORS) as e:
-                report.problems.append((rel, f"unreadable, skipped ({str(e).removeprefix(f'{source}: ')})"))
-                continue
-            seen = scenes[-1][1] if scenes else 0
-            if seen < stated:  # PySceneDetect skips what it cannot decode: a short count means a damaged file
-                report.problems.append((rel, f"truncated or corrupt, skipped (decoded {seen} of {stated} frames)"))
-                continue
-            report.scenes += len(scenes)
-            keep = []
-            for number, (start, end) in enumerate(scenes, start=1):
-                if end - start < min_frames:
-                    report.dropped_short += 1
-                    continue
-                clip = f"{stem}-scene{number:03d}.mp4"
-                (staging / "videos" / clip).parent.mkdir(parents=True, exist_ok=True)
-                keep.append((start, end, staging / "videos" / clip))
-            try:
-                infos = _write_scenes(source, keep) if keep else []
-            except (NADMError, *DECODE_ERRORS) as e:
-                for _, _, out in keep:
-                    out.unlink(missing_ok=True)
-                reason = str(e).removeprefix(f"{source}: ")
-                report.problems.append((rel, f"decoding failed while cutting, skipped ({reason})"))
-                continue
-            for info, (start, end, out) in zip(infos, keep):
-                if info.frames < min_frames:  # fewer frames decoded than the cut promised (variable frame rate)
-                    out.unlink()
-                    report.dropped_short += 1
-                    continue
-                name = out.relative_to(staging / "videos").as_posix()
+            written = _cut_video(source, rel, staging / "videos", stem, detector, threshold, min_frames, report)
+            for name, (start, end, info) in written.items():
                 captions[name] = source_captions.get(rel, "")
                 provenance.append({"clip": name, "source": rel, "start": start, "end": end, "frames": info.frames})
                 report.clips.append(VideoInfo(dst / "videos" / name, info.frames, info.fps, info.width, info.height))
@@ -289,12 +303,13 @@ def check_dataset(
     captions_file: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> CheckReport:
-    """Every clip of ROOT decodes fully, has a non-empty caption and at least frames*stride frames (Sec. IV-A1)."""
+    """Every clip of ROOT decodes fully, has a non-empty caption and at least `clip_span(frames, stride)` frames
+    (Sec. IV-A1)."""
     if frames < 1 or stride < 1:
         raise NADMError(f"--frames and --stride must be >= 1, got {frames} and {stride}")
     root = Path(root).expanduser()
     folder = videos_dir(root)
-    need = frames * stride
+    need = clip_span(frames, stride)
     report = CheckReport([], [])
     # 1. captions: a malformed file is a user mistake (NADMError); a missing one is a problem for every clip
     file = Path(captions_file) if captions_file is not None else find_captions_file(root)
@@ -322,7 +337,7 @@ def check_dataset(
         if decoded < header.frames:
             report.problems.append((name, f"truncated: decoded {decoded} of the {header.frames} frames it states"))
         if decoded < need:
-            message = f"too short: {decoded} frames, training needs {frames} x stride {stride} = {need}"
+            message = f"too short: {decoded} frames, training needs ({frames} - 1) x stride {stride} + 1 = {need}"
             report.problems.append((name, message))
         report.infos.append(VideoInfo(path, decoded, header.fps, header.width, header.height))
     return report

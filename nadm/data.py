@@ -7,9 +7,10 @@ Layout (docs/dataset.md has the full spec)::
     ROOT/captions.jsonl        one {"video": ..., "caption": ...} object per line, or
     ROOT/captions.csv          WebVid's header `videoid,name,page_dir` -> ROOT/videos/<page_dir>/<videoid>.mp4
 
-This module holds that layout and its captions files, and the training clips: `DataConfig` and
-`VideoClipDataset`. Probing and decoding the video files (and their frame numbering) is `nadm.decode`;
-curation -- scene cuts, checks -- is `nadm.curate`; the VAE/text-encoder latent cache is `nadm.latent_cache`.
+This module holds that layout and its captions files, and the training clips: `VideoClipDataset`, configured by
+`nadm.config.DataConfig` (also importable from here). Probing and decoding the video files (and their frame
+numbering) is `nadm.decode`; curation -- scene cuts, checks -- is `nadm.curate`; the VAE/text-encoder latent cache
+is `nadm.latent_cache`.
 Training clips are `(frames, 3, R, R)` float tensors in [-1, 1].
 """
 
@@ -19,14 +20,15 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nadm.config import DataConfig
 from nadm.decode import count_frames, probe_video, read_frames  # read_frames, count_frames: also nadm.data's API
 from nadm.errors import NADMError
 from nadm.io import write_text_atomic
@@ -190,41 +192,6 @@ def write_captions(file: str | os.PathLike, captions: dict[str, str]) -> Path:
 # ------------------------------------------------------------------------------------------ training data
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Training clips (Sec. IV-A1): `frames` frames `stride` apart from a random start, centre-cropped to
-    `resolution`; captions dropped (set to "") with `empty_caption_prob` for classifier-free guidance."""
-
-    root: str
-    frames: int = 8
-    stride: int = 4
-    resolution: int = 256
-    empty_caption_prob: float = 0.1
-    seed: int = 0
-    captions_file: str | None = None  # default: ROOT/captions.csv or ROOT/captions.jsonl
-    allow_empty_captions: bool = False  # train on clips whose caption is "" (else refused)
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", os.fspath(self.root))
-        if self.captions_file is not None:
-            object.__setattr__(self, "captions_file", os.fspath(self.captions_file))
-        for name in ("frames", "stride"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.resolution, int) or self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution must be a positive multiple of 8 (the VAE's factor), got {self.resolution!r}")
-        if not 0.0 <= self.empty_caption_prob <= 1.0:
-            raise ValueError(f"empty_caption_prob must be in [0, 1], got {self.empty_caption_prob!r}")
-
-    @property
-    def min_frames(self) -> int:
-        """The shortest usable clip: frames * stride source frames (the paper's 8 x 4 = 32)."""
-        return self.frames * self.stride
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def listing(items: Sequence[str], limit: int = 5) -> str:
     """'a, b, c and 7 more'."""
     shown = ", ".join(items[:limit])
@@ -234,8 +201,6 @@ def listing(items: Sequence[str], limit: int = 5) -> str:
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """`(N, H, W, 3)` -> `(N, size, size, 3)` uint8: the centre square, scaled so the short side is `size`
     (Sec. IV-A1's "resized and center-cropped")."""
-    import cv2
-
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (N, H, W, 3), got {tuple(frames.shape)}")
     n, h, w, _ = frames.shape
@@ -250,7 +215,8 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 class VideoClipDataset(Dataset):
-    """Training clips of an LPV-HD-style dataset (Sec. III-B, IV-A1), deterministic given (seed, epoch, index).
+    """Training clips of an LPV-HD-style dataset (Sec. III-B, IV-A1), deterministic given (seed, epoch, index);
+    `seed` is the run's (`run.seed`).
 
     Item: {"pixel_values": float32 (frames, 3, R, R) in [-1, 1], "caption": str ("" for the CFG-dropped ones),
     "path": str, "frame_indices": int64 (frames,) = start + k * stride}. Batched by the default collate:
@@ -258,9 +224,10 @@ class VideoClipDataset(Dataset):
     epochs draw different clips; with persistent DataLoader workers the workers keep the old epoch.
     """
 
-    def __init__(self, config: DataConfig):
-        self.config = config
-        self.epoch = 0
+    def __init__(self, config: DataConfig, seed: int = 0):
+        if config.root is None:
+            raise NADMError("no dataset ROOT given (DataConfig.root)")
+        self.config, self.seed, self.epoch = config, int(seed), 0
         # 1. the index, and every file in it present and captioned
         self.clips = load_index(config.root, config.captions_file)
         if not self.clips:
@@ -276,11 +243,11 @@ class VideoClipDataset(Dataset):
             )
         # 2. every video long enough for `frames` frames at `stride` (header counts; `nadm data check` decodes)
         self.lengths = [probe_video(c.path).frames for c in self.clips]
-        short = [f"{c.path} ({n} frames)" for c, n in zip(self.clips, self.lengths) if n < config.min_frames]
+        short = [f"{c.path} ({n} frames)" for c, n in zip(self.clips, self.lengths) if n < config.span]
         if short:
             raise NADMError(
-                f"{len(short)} video(s) shorter than {config.frames} frames x stride {config.stride} = "
-                f"{config.min_frames} frames: {listing(short)}; remove them or lower frames/stride"
+                f"{len(short)} video(s) shorter than ({config.frames} - 1) frames x stride {config.stride} + 1 = "
+                f"{config.span} frames: {listing(short)}; remove them or lower frames/stride"
             )
 
     def __len__(self) -> int:
@@ -294,9 +261,8 @@ class VideoClipDataset(Dataset):
         """(frame numbers start + k*stride, drop the caption?) for clip `index`, a pure function of
         (seed, epoch, index)."""
         epoch = self.epoch if epoch is None else epoch
-        rng = np.random.default_rng([self.config.seed, epoch, index])
-        span = (self.config.frames - 1) * self.config.stride + 1
-        start = int(rng.integers(0, self.lengths[index] - span + 1))
+        rng = np.random.default_rng([self.seed, epoch, index])
+        start = int(rng.integers(0, self.lengths[index] - self.config.span + 1))
         drop = bool(rng.random() < self.config.empty_caption_prob)
         return start + self.config.stride * np.arange(self.config.frames), drop
 

@@ -1,11 +1,19 @@
-"""The one exception type for user mistakes (the CLI prints it as a single line and exits with code 2), and the
-one way to tell the user something on the side (`note`, on stderr)."""
+"""nadm's exceptions, one per kind of failure (the policy they follow is in the package docstring, nadm/__init__.py),
+and the one way to tell the user something on the side (`note`, on stderr)."""
 
 import sys
 
 
 class NADMError(Exception):
-    """A problem with the user's input (bad value, missing file, unreachable model): no traceback needed."""
+    """A problem the user can fix (bad value, missing or damaged file, unreachable model): one line, exit code 2."""
+
+
+class InvalidRequest(NADMError, ValueError):
+    """A bad argument value: a ValueError to Python callers, a one-line error (exit 2) on the command line."""
+
+
+class RunFailed(RuntimeError):
+    """A valid request whose run failed on its own numbers (NaN/inf latents, a diverging loss): one line, exit 3."""
 
 
 def note(message: str) -> None:

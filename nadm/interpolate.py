@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from nadm.devices import resolve_device
 from nadm.errors import NADMError
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -136,7 +137,7 @@ class RaftFlow:
             ) from e
         weights = (optical_flow.Raft_Large_Weights if size == "large" else optical_flow.Raft_Small_Weights).DEFAULT
         builder = optical_flow.raft_large if size == "large" else optical_flow.raft_small
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device, prefer=("cuda",))  # 'auto': CUDA, else the CPU
         try:
             self.model = builder(weights=weights, progress=False).eval().to(self.device)
         except Exception as e:  # download/cache failures come as URLError, OSError, RuntimeError...

@@ -24,6 +24,8 @@ killed run are removed by the next run that writes to the same place. Beside the
 fps, frame count, size, format, the nadm version and the library versions.
 """
 
+# PyAV, Pillow, OpenCV and nadm.decode are imported inside the readers and writers that use them (CLI start-up time).
+
 from __future__ import annotations
 
 import contextlib

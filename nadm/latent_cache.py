@@ -1,9 +1,10 @@
 """The frozen encoders' outputs and the on-disk latent cache (Sec. III-D3 trains neither the VAE nor the text
 encoder, so their outputs for the Sec. IV-A1 training clips can be computed once).
 
-`encode_text` and `encode_frames` turn captions and clips into the UNet's conditioning and z_0, for live
-training batches as well as for the cache; `cache_latents` writes K clips per video of a `VideoClipDataset`
-to a folder, and `CachedLatentDataset` serves them back with classifier-free-guidance caption dropout.
+`encode_frames` (and nadm.text's `encode_text`, the one CLIP prompt encoder) turn clips and captions into z_0 and
+the UNet's conditioning, for live training batches as well as for the cache; `cache_latents` writes K clips per
+video of a `VideoClipDataset` to a folder, and `CachedLatentDataset` serves them back with classifier-free-guidance
+caption dropout.
 Layout in and out of docs/dataset.md ("Latent cache").
 """
 
@@ -12,27 +13,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from nadm.data import DataConfig, VideoClipDataset, listing
-from nadm.errors import NADMError
+from nadm.data import VideoClipDataset, listing
+from nadm.errors import InvalidRequest, NADMError
 from nadm.io import staged_folder
+from nadm.text import encode_text  # re-exported: the latent cache's text side is the sampler's encoder
 
 CACHE_FORMAT = 1
-
-
-@torch.no_grad()
-def encode_text(texts: Sequence[str], tokenizer, text_encoder) -> torch.Tensor:
-    """CLIP conditioning as Stable Diffusion uses it: last hidden state, (len(texts), max_length, dim)."""
-    ids = tokenizer(
-        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 @torch.no_grad()
@@ -46,7 +39,7 @@ def encode_frames(pixel_values: torch.Tensor, vae, batch: int = 8) -> torch.Tens
 
 
 def cache_latents(
-    data: VideoClipDataset | DataConfig,
+    dataset: VideoClipDataset,
     vae,
     text_encoder,
     tokenizer,
@@ -64,11 +57,8 @@ def cache_latents(
     OUT/cache.json. Clip k of video i is the clip epoch k of `VideoClipDataset` draws for it, so the cache
     holds only K of the clips live decoding would sample. Latents are the VAE posterior means.
     """
-    from safetensors.torch import save_file
-
-    dataset = data if isinstance(data, VideoClipDataset) else VideoClipDataset(data)
-    if clips_per_video < 1:
-        raise NADMError(f"clips_per_video must be >= 1, got {clips_per_video}")
+    if isinstance(clips_per_video, bool) or not isinstance(clips_per_video, int) or clips_per_video < 1:
+        raise InvalidRequest(f"clips_per_video must be an integer >= 1, got {clips_per_video!r}")
     out = Path(out_dir).expanduser()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise NADMError(f"{out} already exists: pass overwrite=True to replace it")
@@ -100,7 +90,7 @@ def cache_latents(
         # 3. the manifest, then the whole folder into place
         manifest = {
             "format": CACHE_FORMAT,
-            "data": dataset.config.to_dict(),
+            "data": {**dataset.config.to_dict(), "seed": dataset.seed},
             "clips_per_video": clips_per_video,
             "scaling_factor": float(vae.config.scaling_factor),
             "latent_shape": latent_shape,
@@ -121,10 +111,9 @@ class CachedLatentDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | os.PathLike, empty_caption_prob: float = 0.1, seed: int = 0):
-        from safetensors.torch import load_file
 
         if not 0.0 <= empty_caption_prob <= 1.0:
-            raise ValueError(f"empty_caption_prob must be in [0, 1], got {empty_caption_prob!r}")
+            raise InvalidRequest(f"empty_caption_prob must be in [0, 1], got {empty_caption_prob!r}")
         self.dir = Path(cache_dir).expanduser()
         try:
             self.manifest = json.loads((self.dir / "cache.json").read_text(encoding="utf-8"))
@@ -147,7 +136,6 @@ class CachedLatentDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        from safetensors.torch import load_file
 
         if not 0 <= index < len(self):
             raise IndexError(f"cached clip index {index} out of range 0..{len(self) - 1}")

@@ -15,6 +15,8 @@ Frames are centre-cropped to a square before I3D and C3D (the reference datasets
 The TorchScript files are looked up in a given folder, then the cache (`cache_dir`), else downloaded.
 """
 
+# torch and transformers are imported inside functions: `nadm evaluate` checks its arguments before they load.
+
 from __future__ import annotations
 
 import os
@@ -32,11 +34,15 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from nadm.devices import resolve_device
 from nadm.errors import NADMError
 from nadm.metrics import check_video
 
 C3D_SIZE = 128  # C3D input side; the network crops the centre 112x112 (TGAN-v2 protocol)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+# What device 'auto' picks for these networks: CUDA or the CPU, never MPS, where the published TorchScript files
+# are not known to run (an explicit --device mps is still accepted).
+AUTO_DEVICES = ("cuda",)
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -115,21 +121,6 @@ def resolve_weights(weights: WeightFile, weights_dir: str | os.PathLike | None =
     return target
 
 
-def _torch_device(device: str | None) -> Any:
-    """A torch.device from 'auto'/None (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...; NADMError if bad."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise NADMError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NADMError(f"device '{device}' asked for, but CUDA is not available here")
-    return dev
-
-
 def load_torchscript(
     weights: WeightFile, weights_dir: str | os.PathLike | None = None, device: str | None = None
 ) -> Any:
@@ -137,7 +128,7 @@ def load_torchscript(
     import torch
 
     path = resolve_weights(weights, weights_dir)
-    dev = _torch_device(device)
+    dev = resolve_device(device, prefer=AUTO_DEVICES)
     try:
         with warnings.catch_warnings():  # the published networks are TorchScript; torch 2.13 deprecates jit.load
             warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning)
@@ -177,7 +168,7 @@ class I3DFeatures:
     """400-d pre-softmax I3D features of 16-frame clips, the inputs of FVD16 and KVD16 (Sec. IV-C2)."""
 
     def __init__(self, weights_dir: str | os.PathLike | None = None, device: str | None = None) -> None:
-        self.device = _torch_device(device)
+        self.device = resolve_device(device, prefer=AUTO_DEVICES)
         self.net = load_torchscript(I3D_WEIGHTS, weights_dir, str(self.device))
 
     def __call__(self, clips: Sequence[np.ndarray]) -> np.ndarray:
@@ -195,7 +186,7 @@ class C3DProbabilities:
     """UCF-101 class probabilities of 16-frame clips from C3D, the input of IS (Sec. IV-C2)."""
 
     def __init__(self, weights_dir: str | os.PathLike | None = None, device: str | None = None) -> None:
-        self.device = _torch_device(device)
+        self.device = resolve_device(device, prefer=AUTO_DEVICES)
         self.net = load_torchscript(C3D_WEIGHTS, weights_dir, str(self.device))
 
     def __call__(self, clips: Sequence[np.ndarray]) -> np.ndarray:
@@ -236,7 +227,7 @@ class ClipScorer:
         except ImportError:  # pragma: no cover - older transformers
             from transformers import CLIPImageProcessor as ImageProcessor
 
-        self.device = _torch_device(device)
+        self.device = resolve_device(device, prefer=AUTO_DEVICES)
         self.batch_size = batch_size
         if not Path(model).expanduser().exists():
             from nadm.hub import offline_unless_reachable

@@ -8,12 +8,21 @@ module's output projection so an untrained module leaves SD's per-frame output u
 Video layout everywhere: `(batch, channels, frames, height, width)`.
 """
 
+# diffusers is imported inside functions (CLI start-up time of the commands that import this module).
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from nadm.base import quiet_loading
 from nadm.config import NADMConfig
+from nadm.errors import NADMError
+
+if TYPE_CHECKING:
+    import diffusers  # the video UNet is diffusers' UNetMotionModel, the base UNet its UNet2DConditionModel
 
 
 class SparseCausalAttnProcessor:
@@ -51,7 +60,7 @@ def _processor(kind: str):
     return {"versatile": AttnProcessor2_0, "sparse_causal": SparseCausalAttnProcessor, "off": SkipAttnProcessor}[kind]()
 
 
-def set_motion_attention(video_unet, config: NADMConfig) -> None:
+def set_motion_attention(video_unet: diffusers.UNetMotionModel, config: NADMConfig) -> None:
     """Put attn1/attn2 of every motion block to the config's attention types (Eq. 7 and 8); image layers untouched."""
     processors = dict(video_unet.attn_processors)  # set_attn_processor wants every key, image layers included
     n = 0
@@ -70,7 +79,7 @@ def set_motion_attention(video_unet, config: NADMConfig) -> None:
     video_unet.set_attn_processor(processors)
 
 
-def motion_attention_types(video_unet) -> dict[str, str]:
+def motion_attention_types(video_unet: diffusers.UNetMotionModel) -> dict[str, str]:
     """Which attention type each motion-module attention layer currently runs (for checks and `nadm info`)."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -78,7 +87,7 @@ def motion_attention_types(video_unet) -> dict[str, str]:
     return {k: names.get(type(p), type(p).__name__) for k, p in video_unet.attn_processors.items() if "motion_modules" in k}
 
 
-def new_motion_adapter(config: NADMConfig):
+def new_motion_adapter(config: NADMConfig) -> diffusers.MotionAdapter:
     """A freshly initialised `MotionAdapter` with zero output projections (identity at the start of training)."""
     from diffusers import MotionAdapter
 
@@ -94,18 +103,37 @@ def new_motion_adapter(config: NADMConfig):
     return adapter
 
 
-def check_compatible(unet2d, config: NADMConfig) -> None:
-    """Refuse a motion module whose shape does not fit the base UNet, naming the mismatch."""
-    base = tuple(unet2d.config.block_out_channels)
-    if base != tuple(config.block_out_channels):
-        raise ValueError(f"motion module block_out_channels {tuple(config.block_out_channels)} do not match the base UNet's {base}")
+def motion_shape_of(unet2d: diffusers.UNet2DConditionModel) -> dict[str, Any]:
+    """The motion-module architecture a base UNet fixes (NADMConfig fields): its block widths, layers per block and
+    GroupNorm groups (SD 1.5: (320, 640, 1280, 1280), 2, 32)."""
     layers = unet2d.config.layers_per_block
-    layers = layers if isinstance(layers, int) else layers[0]
-    if layers != config.motion_layers_per_block:
-        raise ValueError(f"motion module has {config.motion_layers_per_block} layers per block, the base UNet {layers}")
+    return {
+        "block_out_channels": tuple(unet2d.config.block_out_channels),
+        "motion_layers_per_block": layers if isinstance(layers, int) else layers[0],
+        "motion_norm_num_groups": int(unet2d.config.norm_num_groups),
+    }
 
 
-def build_video_unet(unet2d, config: NADMConfig, motion_state_dict: dict[str, torch.Tensor] | None = None):
+def check_compatible(unet2d: diffusers.UNet2DConditionModel, config: NADMConfig) -> None:
+    """Refuse a motion module whose shape does not fit the base UNet, naming the mismatch (ValueError)."""
+    base = motion_shape_of(unet2d)
+    if base["block_out_channels"] != tuple(config.block_out_channels):
+        raise ValueError(
+            f"motion module block_out_channels {tuple(config.block_out_channels)} do not match the base UNet's "
+            f"{base['block_out_channels']}"
+        )
+    if base["motion_layers_per_block"] != config.motion_layers_per_block:
+        raise ValueError(
+            f"motion module has {config.motion_layers_per_block} layers per block, the base UNet {base['motion_layers_per_block']}"
+        )
+    uneven = [width for width in config.block_out_channels if width % config.motion_norm_num_groups]
+    if uneven:
+        raise ValueError(f"motion_norm_num_groups {config.motion_norm_num_groups} does not divide the block width {uneven[0]}")
+
+
+def build_video_unet(
+    unet2d: diffusers.UNet2DConditionModel, config: NADMConfig, motion_state_dict: dict[str, torch.Tensor] | None = None
+) -> diffusers.UNetMotionModel:
     """SD UNet2D + NADM motion modules -> `UNetMotionModel` taking `(b, c, f, h, w)` latents (Sec. III-D1).
 
     Without `motion_state_dict` the motion modules are fresh (zero output projections); with one, it is loaded
@@ -113,7 +141,6 @@ def build_video_unet(unet2d, config: NADMConfig, motion_state_dict: dict[str, to
     """
     from diffusers import UNetMotionModel
 
-    from nadm.base import quiet_loading
 
     check_compatible(unet2d, config)
     with quiet_loading():  # from_unet2d warns about a dtype cast it does itself
@@ -126,15 +153,13 @@ def build_video_unet(unet2d, config: NADMConfig, motion_state_dict: dict[str, to
     return video_unet
 
 
-def motion_state_dict(video_unet) -> dict[str, torch.Tensor]:
+def motion_state_dict(video_unet: diffusers.UNetMotionModel) -> dict[str, torch.Tensor]:
     """The motion-module weights of a video UNet, keyed as in diffusers' `MotionAdapter`."""
     return {k: v for k, v in video_unet.state_dict().items() if "motion_modules" in k}
 
 
 def check_state_dict(expected: dict[str, torch.Size], got: dict[str, torch.Tensor], what: str) -> None:
     """Strict key/shape check: a missing, unexpected or mis-shaped key fails with an error naming it."""
-    from nadm.errors import NADMError
-
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     shapes = sorted(k for k in set(expected) & set(got) if tuple(got[k].shape) != tuple(expected[k]))
@@ -150,7 +175,7 @@ def check_state_dict(expected: dict[str, torch.Size], got: dict[str, torch.Tenso
         raise NADMError(f"{what}: " + "; ".join(problems))
 
 
-def load_motion_state_dict(video_unet, state_dict: dict[str, torch.Tensor]) -> None:
+def load_motion_state_dict(video_unet: diffusers.UNetMotionModel, state_dict: dict[str, torch.Tensor]) -> None:
     """Load motion-module weights strictly into a video UNet (the image layers are not touched)."""
     expected = {k: v.shape for k, v in motion_state_dict(video_unet).items()}
     check_state_dict(expected, state_dict, "motion module weights")
@@ -158,7 +183,7 @@ def load_motion_state_dict(video_unet, state_dict: dict[str, torch.Tensor]) -> N
     assert not unexpected and set(missing).isdisjoint(expected), "strict check above guarantees this"
 
 
-def freeze_for_training(video_unet, noise_adapter: nn.Module | None = None) -> None:
+def freeze_for_training(video_unet: diffusers.UNetMotionModel, noise_adapter: nn.Module | None = None) -> None:
     """Freeze everything but the motion modules (and the noise adapter): Sec. III-D3."""
     for name, param in video_unet.named_parameters():
         param.requires_grad_("motion_modules" in name)
@@ -177,7 +202,9 @@ def parameter_counts(module: nn.Module) -> dict[str, int]:
     return counts
 
 
-def predict_noise(video_unet, latents: torch.Tensor, timesteps: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+def predict_noise(
+    video_unet: diffusers.UNetMotionModel, latents: torch.Tensor, timesteps: torch.Tensor, text_embeddings: torch.Tensor
+) -> torch.Tensor:
     """epsilon_theta(z_t^{1:N}, t, tau(y)) (Eq. 12): latents `(b, c, f, h, w)`, text `(b, tokens, dim)` for all frames or
     `(b, f, tokens, dim)` per frame (prompt travel) -> `(b, c, f, h, w)`."""
     if latents.ndim != 5:

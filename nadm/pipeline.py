@@ -11,21 +11,34 @@ Layouts, stated once:
     video.frames, video.settings
 """
 
+# torch, diffusers, tqdm and the nadm modules importing them (config/YAML, io) are imported inside functions:
+# `nadm --help` imports this module (through `nadm generate`'s), and `nadm generate` checks its arguments first.
+
 from __future__ import annotations
 
 import math
 import secrets
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from nadm.base import DEFAULT_BASE, LoraSpec, load_base, quiet_loading
-from nadm.errors import NADMError
+from nadm.devices import resolve_device, resolve_dtype
+from nadm.errors import InvalidRequest, NADMError, RunFailed, note
+from nadm.text import encode_text, token_counts
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL, UNetMotionModel
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from nadm.checkpoint import MotionWeights
+    from nadm.config import NADMConfig
 
 DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
 SCHEDULERS = ("ddim", "dpm++", "euler")
@@ -42,19 +55,10 @@ PAPER_SCHEDULE: dict[str, Any] = dict(
 )
 BASE_FPS = 8.0  # playback rate of the generated (non-interpolated) frames
 DEFAULT_DECODE_CHUNK = 4  # frames per VAE decode call
-DTYPE_NAMES = {
-    "float32": "float32", "fp32": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}  # fmt: skip
 SEED_LIMIT = 2**63
 # torch.compile modes for the video UNet (torch's own names): "reduce-overhead" adds CUDA graphs on CUDA,
 # "max-autotune" also tunes the matrix kernels (slow to compile).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-class InvalidRequest(NADMError, ValueError):
-    """A bad generation argument: a ValueError to Python callers, a one-line error (exit 2) on the command line."""
 
 
 @dataclass
@@ -88,49 +92,6 @@ def make_scheduler(name: str = "ddim"):
     if name == "euler":
         return EulerDiscreteScheduler(**PAPER_SCHEDULE)
     raise InvalidRequest(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}")
-
-
-def resolve_device(device: str | None = None):
-    """`None`/'auto': CUDA, else MPS, else CPU; an explicit device must exist on this machine."""
-    import torch
-
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidRequest(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise InvalidRequest(f"device {device!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidRequest("device 'mps' is not available here")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InvalidRequest(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-    return dev
-
-
-def resolve_dtype(dtype, device):
-    """`None`/'auto': bfloat16 on CUDA (float16 where the GPU only emulates it), float32 on MPS and CPU; else float32,
-    float16 or bfloat16 (or fp32/fp16/bf16)."""
-    import torch
-
-    if dtype in (None, "auto"):
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = DTYPE_NAMES.get(str(dtype).lower(), "")
-    if name not in ("float32", "float16", "bfloat16"):
-        raise InvalidRequest(f"unsupported dtype {dtype!r}: use auto, float32, float16 or bfloat16")
-    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InvalidRequest("this GPU does not support bfloat16: use float16")
-    return getattr(torch, name)
 
 
 def check_request(
@@ -174,6 +135,21 @@ def check_compile(mode: str | None, cpu_offload: bool = False) -> str | None:
     return mode
 
 
+def check_options(
+    scheduler: str, device=None, dtype=None, compile: str | None = None, cpu_offload: bool = False,
+    decode_chunk: int = DEFAULT_DECODE_CHUNK,
+) -> tuple[torch.device, torch.dtype, str | None]:
+    """The pipeline's options that need nothing loaded, checked once for `NADMPipeline` and `from_pretrained`:
+    (device, dtype, compile mode or None); InvalidRequest naming a bad one."""
+    if scheduler not in SCHEDULERS:
+        raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+    if isinstance(decode_chunk, bool) or not isinstance(decode_chunk, int) or decode_chunk < 1:
+        raise InvalidRequest(f"decode_chunk must be a positive integer, got {decode_chunk}")
+    compile = check_compile(compile, cpu_offload)
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev), compile
+
+
 def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
     """A LoraSpec from a LoraSpec, a 'FILE[:SCALE]' string or a (path, scale) pair."""
     if isinstance(item, LoraSpec):
@@ -182,11 +158,6 @@ def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
         spec = LoraSpec.parse(str(item[0]))
         return LoraSpec(spec.path, float(item[1]))
     return LoraSpec.parse(str(item))
-
-
-def note(message: str) -> None:
-    """A remark for the user on stderr (stdout stays for results)."""
-    print(f"nadm: {message}", file=sys.stderr, flush=True)
 
 
 class _Clock:
@@ -213,11 +184,11 @@ class NADMPipeline:
 
     def __init__(
         self,
-        video_unet,
-        vae,
-        text_encoder,
-        tokenizer,
-        motion_config,
+        video_unet: UNetMotionModel,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        motion_config: NADMConfig,
         scheduler: str = "ddim",
         device=None,
         dtype=None,
@@ -229,13 +200,7 @@ class NADMPipeline:
         compile: str | None = None,
         progress: bool = True,
     ):
-        if scheduler not in SCHEDULERS:
-            raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-        if not isinstance(decode_chunk, int) or decode_chunk < 1:
-            raise InvalidRequest(f"decode_chunk must be a positive integer, got {decode_chunk}")
-        compile = check_compile(compile, cpu_offload)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device, self.dtype, compile = check_options(scheduler, device, dtype, compile, cpu_offload, decode_chunk)
         self.video_unet, self.vae, self.text_encoder, self.tokenizer = video_unet, vae, text_encoder, tokenizer
         self.motion_config = motion_config
         self.scheduler = scheduler
@@ -261,7 +226,7 @@ class NADMPipeline:
     def from_pretrained(
         cls,
         base: str | Path = DEFAULT_BASE,
-        motion=None,
+        motion: str | Path | MotionWeights | None = None,
         loras: Iterable[LoraSpec | str | tuple] = (),
         device=None,
         dtype=None,
@@ -284,11 +249,7 @@ class NADMPipeline:
         from nadm.motion import build_video_unet
 
         # 1. options that need nothing loaded
-        if scheduler not in SCHEDULERS:
-            raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        check_compile(compile, cpu_offload)
+        dev, torch_dtype, _ = check_options(scheduler, device, dtype, compile, cpu_offload, decode_chunk)
         loras = tuple(_as_lora(item) for item in loras)
         # 2. motion weights (small; they fix the frame limit)
         if motion is None:
@@ -360,18 +321,15 @@ class NADMPipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def encode_prompt(self, texts: list[str]):
-        """CLIP text embeddings `(len(texts), 77, dim)`, tau_theta(y) of Alg. 1 (prompts longer than 77 tokens are cut)."""
-        tok = self.tokenizer
-        limit = tok.model_max_length
-        with quiet_loading():  # the tokenizer warns about long inputs in its own words; we say it once below
-            lengths = [len(tok(text, truncation=False).input_ids) for text in texts]
-        for text, length in zip(texts, lengths):
+    def encode_prompt(self, texts: list[str], names: list[str] | None = None) -> torch.Tensor:
+        """CLIP text embeddings `(len(texts), 77, dim)`, tau_theta(y) of Alg. 1 (nadm.text); a text longer than 77
+        tokens is cut, and a note names it by `names` (e.g. "negative prompt"; default "prompt")."""
+        limit = self.tokenizer.model_max_length
+        for name, text, length in zip(names or ["prompt"] * len(texts), texts, token_counts(texts, self.tokenizer)):
             if length > limit:
-                note(f"prompt cut to the text encoder's {limit} tokens: {text[:60]!r}...")
-        ids = tok(texts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
+                note(f"{name} cut to the text encoder's {limit} tokens (it has {length}): {text[:60]!r}...")
         with self._on_device(self.text_encoder):
-            return self.text_encoder(ids.to(self.device)).last_hidden_state
+            return encode_text(texts, self.tokenizer, self.text_encoder)
 
     def decode_latents(self, latents, progress: bool = False) -> np.ndarray:
         """z_0 `(1, 4, f, h, w)` -> frames `(f, H, W, 3) uint8`, decoding `decode_chunk` frames per VAE call."""
@@ -407,51 +365,24 @@ class NADMPipeline:
         """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
         import torch
 
-        from nadm.config import to_dict
-        from nadm.io import environment_versions
-        from nadm.motion import predict_noise
-        from nadm.sampling import OnePrompt, denoise
-
         # 1. check the request; draw a seed when none is given (it is recorded either way)
-        check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest("the prompt must be a non-empty string")
-        if not 0.0 <= eta <= 1.0:
-            raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
-        if eta != 0.0 and self.scheduler != "ddim":
-            raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
-        seed_drawn = seed is None
-        seed = secrets.randbelow(2**32) if seed is None else int(seed)
+        self._check_call(prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta)
+        request = dict(prompt=prompt, negative_prompt=negative_prompt or "", seed=seed, seed_drawn=seed is None,
+                       steps=steps, guidance=float(guidance), eta=float(eta))  # fmt: skip
+        request["seed"] = secrets.randbelow(2**32) if seed is None else int(seed)
         show = self.progress if progress is None else progress
         clock, timings = _Clock(self.device), {}
-        cfg = guidance > 1  # classifier-free guidance needs the unconditional branch
-
         with torch.inference_mode():
             # 2. text embeddings (b, 77, dim): b = 2 [negative, prompt] with guidance, else 1 [prompt]
-            text = self.encode_prompt(([negative_prompt or ""] if cfg else []) + [prompt])
+            if guidance > 1:  # classifier-free guidance needs the unconditional branch
+                text = self.encode_prompt([negative_prompt or "", prompt], ["negative prompt", "prompt"])
+            else:
+                text = self.encode_prompt([prompt])
             timings["encode"] = clock.lap()
-
-            # 3. z_T: noise (1, 4, f, h/8, w/8) from a CPU generator (the same seed gives the same noise on any device)
-            scheduler = make_scheduler(self.scheduler)
-            scheduler.set_timesteps(steps, device=self.device)
-            generator = torch.Generator("cpu").manual_seed(seed)
+            # 3-4. z_T -> z_0 (the one denoising loop)
             shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-            latents = latents * scheduler.init_noise_sigma
-            step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
-
-            # 4. denoise z_T -> z_0: per timestep one UNet pass over [negative, prompt], CFG, sampler step (Eq. 4)
-            def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
-                return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
-
-            with self._on_device(self.video_unet):
-                latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=show)
-            if not torch.isfinite(latents).all():
-                dtype = str(self.dtype).removeprefix("torch.")
-                hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
-                raise NADMError(f"denoising produced NaN/inf latents in {dtype}: {hint}")
+            latents, scheduler = self.denoise(text, shape, steps, guidance, eta, request["seed"], show)
             timings["denoise"] = clock.lap()
-
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
             keyframes = self.decode_latents(latents, show)
             timings["decode"] = clock.lap()
@@ -466,20 +397,66 @@ class NADMPipeline:
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
 
         # 7. everything needed to reproduce the clip
+        settings = self._settings(request, scheduler, (height, width), len(keyframes), len(frames), interpolation)
+        return VideoResult(frames, keyframes, settings, timings)
+
+    def _check_call(self, prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta) -> None:
+        """Step 1 of `__call__`: InvalidRequest naming the first argument the sampler cannot honour."""
+        check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("the prompt must be a non-empty string")
+        if not 0.0 <= eta <= 1.0:
+            raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
+        if eta != 0.0 and self.scheduler != "ddim":
+            raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
+
+    def denoise(
+        self, text: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float, eta: float, seed: int,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, SchedulerMixin]:
+        """z_T -> z_0 (Alg. 1, Eq. 4): per timestep one UNet pass over [negative, prompt], guidance, a sampler step.
+
+        text `(b, 77, dim)`, b = 2 with guidance; shape `(1, 4, f, h/8, w/8)`. Returns float32 z_0 and the sampler.
+        RunFailed when the latents end NaN/inf.
+        """
+        import torch
+
+        from nadm.motion import predict_noise
+        from nadm.sampling import OnePrompt, denoise
+
+        # 3. z_T: noise from a CPU generator (the same seed gives the same noise on any device)
+        scheduler = make_scheduler(self.scheduler)
+        scheduler.set_timesteps(steps, device=self.device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
+
+        # 4. the one denoising loop (nadm.sampling): guided UNet passes over [negative, prompt], sampler steps (fp32)
+        def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
+            return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
+
+        with self._on_device(self.video_unet):
+            latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=progress)
+        if not torch.isfinite(latents).all():
+            dtype = str(self.dtype).removeprefix("torch.")
+            hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
+            raise RunFailed(f"denoising produced NaN/inf latents in {dtype}: {hint}")
+        return latents, scheduler
+
+    def _settings(self, request: dict, scheduler, size: tuple[int, int], keyframes: int, frames: int, interpolation) -> dict:
+        """Step 7 of `__call__`: everything needed to make the clip again (JSON-ready; the sidecar's content)."""
+        from nadm.config import to_dict
+        from nadm.io import environment_versions
+
         sched = scheduler.config
-        settings = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt or "",
-            "seed": seed,
-            "seed_drawn": seed_drawn,
-            "steps": steps,
-            "guidance": float(guidance),
-            "eta": float(eta),
+        return {
+            **request,
             "scheduler": self.scheduler,
             "scheduler_config": {"class": type(scheduler).__name__, **{k: v for k, v in sched.items() if not k.startswith("_")}},
-            "size": {"height": height, "width": width},
-            "keyframes": int(len(keyframes)),
-            "frames_out": int(len(frames)),
+            "size": {"height": size[0], "width": size[1]},
+            "keyframes": int(keyframes),
+            "frames_out": int(frames),
             "interpolation": interpolation,
             **self.sources,
             "motion_config": to_dict(self.motion_config),
@@ -494,7 +471,6 @@ class NADMPipeline:
             },
             "environment": environment_versions(),
         }
-        return VideoResult(frames, keyframes, settings, timings)
 
 
 def save_result(result: VideoResult, path: str | Path, fps: float | None = None, overwrite: bool = False) -> Path:

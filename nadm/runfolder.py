@@ -15,19 +15,27 @@ A checkpoint is written into a hidden `.checkpoint-N.partial` folder and renamed
 every visible `checkpoint-N` folder is whole; a run that fails leaves the last one untouched.
 """
 
+# accelerate is imported inside a function: `nadm train` finds its checkpoint and checks its config before it loads.
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
+from nadm.checkpoint import load_checkpoint
 from nadm.errors import NADMError
 from nadm.io import foreign_file, move_into_place
+from nadm.pipeline import NADMPipeline, save_result
 
 RUN_CONFIG = "train_config.yaml"
 METRICS = "metrics.jsonl"
@@ -56,13 +64,16 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
-    """The checkpoint `--resume` names: 'latest' (in the output folder), a checkpoint folder or another run's folder."""
+    """The checkpoint `--resume` names: 'latest' (in the output folder), `checkpoint-N` (in the output folder), a
+    checkpoint folder or another run's folder."""
     if resume == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
             raise NADMError(f"--resume latest: no checkpoint in {Path(output_dir) / CHECKPOINTS}")
         return found.resolve()
     path = Path(resume).expanduser()
+    if not path.exists() and re.fullmatch(r"checkpoint-\d+", resume):  # a name in this run's checkpoints folder
+        path = Path(output_dir) / CHECKPOINTS / f"checkpoint-{int(resume[11:]):06d}"
     if (path / CHECKPOINTS).is_dir() and not (path / RUN_CONFIG).is_file():
         found = latest_checkpoint(path)
         if found is None:
@@ -76,10 +87,6 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
 def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A checkpoint's trained weights as the training module's keys (`unet.<motion>`, `adapter.<...>`): the raw
     ones (trainable_weights.safetensors) when EMA wrote them apart, else the NADM export's."""
-    from safetensors.torch import load_file
-
-    from nadm.checkpoint import load_checkpoint
-
     folder = Path(folder)
     if (folder / WEIGHTS).is_file():
         return load_file(str(folder / WEIGHTS))
@@ -88,6 +95,63 @@ def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise NADMError(f"{folder / EXPORT} has no noise adapter: it cannot resume training")
     motion = {f"unet.{k}": v for k, v in export.motion.items()}
     return {**motion, **{f"adapter.{k}": v for k, v in export.noise_adapter.items()}}
+
+
+# What `accelerator.load_state` reads from a checkpoint besides our own files: the optimizer (DDP and single
+# process), the fp16 loss scaler, and the registered objects (LR schedule, step, EMA); name -> torch.load weights_only.
+# The RNG states are left out: accelerate loads them only where it can, and nadm's noise does not depend on them.
+def state_files(ema: bool, sharded: bool, scaler: bool) -> dict[str, bool]:
+    """The accelerate files a resumed run loads, mapped to whether accelerate loads them weights-only."""
+    from accelerate.utils.constants import OPTIMIZER_NAME, SCALER_NAME
+
+    files = {} if sharded else {f"{OPTIMIZER_NAME}.bin": True}
+    if scaler:
+        files[SCALER_NAME] = True
+    files.update({f"custom_checkpoint_{i}.pkl": False for i in range(2 + ema)})  # accelerate's save_custom_state
+    return files
+
+
+def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool) -> str | None:
+    """Why `folder` cannot resume training (its first missing, truncated or unreadable file), or None: accelerate's
+    files through accelerate's own loader, the weights through their headers (which cover the whole file)."""
+    from accelerate.utils import load
+
+    weights = [WEIGHTS] if ema else [f"{EXPORT}/motion_modules.safetensors", f"{EXPORT}/noise_adapter.safetensors"]
+    for name in [*files, RUN_CONFIG, f"{EXPORT}/config.json", *weights]:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for name in [*files, *weights]:
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(str(folder / name), framework="pt"):
+                    pass
+            else:
+                load(folder / name, map_location="cpu", weights_only=files[name])
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{name} is truncated or unreadable ({reason})"
+    return None
+
+
+def damaged_checkpoint(folder: Path, problem: str, files: dict[str, bool], ema: bool) -> NADMError:
+    """The one-line error for a checkpoint that cannot resume: what is wrong, and the newest earlier checkpoint of
+    the same run that is whole (`--resume checkpoint-N`), if any."""
+    step = int(folder.name[11:]) if folder.name[11:].isdigit() else None
+    earlier = [c for c in reversed(checkpoints(folder.parent.parent)) if step is None or int(c.name[11:]) < step]
+    good = next((c for c in earlier if checkpoint_problem(c, files, ema) is None), None)
+    offer = (
+        f"resume from the previous complete one with --resume {good.name} ({good})"
+        if good is not None
+        else "no earlier checkpoint of this run is complete: start over with --overwrite"
+    )
+    return NADMError(f"the checkpoint {folder} is damaged: {problem}; {offer}")
+
+
+def check_resumable(folder: Path, files: dict[str, bool], ema: bool) -> None:
+    """NADMError (`damaged_checkpoint`) unless every file resuming from `folder` reads is present and whole."""
+    problem = checkpoint_problem(folder, files, ema)
+    if problem is not None:
+        raise damaged_checkpoint(folder, problem, files, ema)
 
 
 def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:
@@ -242,8 +306,6 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
 def validation_videos(config, motion_weights, out: Path, step: int, device) -> Path:
     """One clip per fixed prompt and seed from the frozen base + `motion_weights`, sampled as at inference
     (DDIM, guidance; Sec. IV-A2) by nadm.pipeline, written to DIR/validation/step-<step>/."""
-    from nadm.pipeline import NADMPipeline, save_result
-
     folder = out / "validation" / f"step-{step:06d}"
     v = config.validation
     size = v.resolution or config.data.resolution

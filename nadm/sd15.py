@@ -1,6 +1,8 @@
 """Stable Diffusion 1.5's published architecture (the `unet`, `vae` and `text_encoder` configs of
 stable-diffusion-v1-5), for building the real-size model with random weights where nothing can be downloaded."""
 
+# torch, diffusers and transformers are imported inside `build`: the configs above need none of them.
+
 from __future__ import annotations
 
 UNET = dict(

@@ -4,6 +4,8 @@ The layout matches SD 1.5 (4 latent channels, VAE scale factor 8, CLIP text enco
 fraction of the width, so every code path that runs on the real model runs here too.
 """
 
+# diffusers and transformers are imported inside functions (CLI start-up time: `nadm selftest` imports this module).
+
 from __future__ import annotations
 
 import json
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import torch
 
+from nadm.base import quiet_loading
+from nadm.checkpoint import save_checkpoint
 from nadm.config import NADMConfig
+from nadm.motion import build_video_unet, motion_state_dict
 
 TINY_UNET = dict(
     sample_size=8,
@@ -101,7 +106,6 @@ def tiny_components(tokenizer_dir: str | Path, seed: int = 0) -> dict:
 
 def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
     """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
-    from nadm.base import quiet_loading
     from nadm.io import staged_folder
 
     path = Path(path)
@@ -142,9 +146,6 @@ def build_tiny_motion(path: str | Path, config: NADMConfig = TINY_MOTION, seed: 
     A fresh module's zero output projections would leave SD's per-frame output unchanged; random weights make the
     motion path (versatile + sparse-causal attention, Sec. III-D1) actually change what is generated.
     """
-    from nadm.checkpoint import save_checkpoint
-    from nadm.motion import build_video_unet, motion_state_dict
-
     motion = motion_state_dict(build_video_unet(tiny_unet(seed), config))
     g = torch.Generator().manual_seed(seed)
     for key, value in motion.items():

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 
 from nadm.config import TrainConfig
+from nadm.data import VideoClipDataset
 from nadm.errors import NADMError
+from nadm.latent_cache import CachedLatentDataset, encode_frames
+from nadm.text import encode_text
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -33,9 +36,6 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
 def make_dataset(config: TrainConfig):
     """Live clips from ROOT (`VideoClipDataset`) or cached latents (`CachedLatentDataset`), Sec. IV-A1."""
-    from nadm.data import DataConfig, VideoClipDataset
-    from nadm.latent_cache import CachedLatentDataset
-
     d = config.data
     if d.latent_cache is not None:
         dataset = CachedLatentDataset(d.latent_cache, empty_caption_prob=d.empty_caption_prob, seed=config.run.seed)
@@ -45,18 +45,7 @@ def make_dataset(config: TrainConfig):
             shown = ", ".join(f"{k} {cached.get(k)} (config: {getattr(d, k)})" for k in wrong)
             raise NADMError(f"the latent cache {d.latent_cache} was made with {shown}; rebuild it or change the config")
         return dataset
-    return VideoClipDataset(
-        DataConfig(
-            root=d.root,
-            frames=d.frames,
-            stride=d.stride,
-            resolution=d.resolution,
-            empty_caption_prob=d.empty_caption_prob,
-            seed=config.run.seed,
-            captions_file=d.captions_file,
-            allow_empty_captions=d.allow_empty_captions,
-        )
-    )
+    return VideoClipDataset(d, seed=config.run.seed)
 
 
 def batch_stream(loader, sampler: EpochShuffleSampler, dataset, accelerator, start_batch: int) -> Iterator[dict]:
@@ -74,8 +63,6 @@ def batch_stream(loader, sampler: EpochShuffleSampler, dataset, accelerator, sta
 @torch.no_grad()
 def batch_inputs(batch: dict, parts, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """z_0 `(b, c, f, h, w)` (VAE means times the scaling factor) and tau(y) `(b, tokens, dim)` of a batch."""
-    from nadm.latent_cache import encode_frames, encode_text
-
     if "latents" in batch:  # cached: (b, f, c, h, w) already scaled
         latents, text = batch["latents"], batch["encoder_hidden_states"]
     else:  # live: (b, f, 3, R, R) in [-1, 1]

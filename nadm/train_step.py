@@ -6,9 +6,12 @@ micro-batch, its noise and timesteps drawn from `step_generator(seed, step, micr
 runs it.
 """
 
+# diffusers is imported inside functions: `nadm train` reports a config mistake before it loads.
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,11 +20,16 @@ from torch import nn
 from nadm.losses import NoiseAdapter, diffusion_loss, noise_contrastive_loss, total_loss
 from nadm.motion import freeze_for_training, predict_noise
 
+if TYPE_CHECKING:
+    import diffusers  # the video UNet is diffusers' UNetMotionModel; the forward process its DDPMScheduler
+
+    from nadm.config import LossConfig, NoiseScheduleConfig
+
 
 class NADMTrainModule(nn.Module):
     """epsilon_theta (SD's UNet + the motion module) and the noise adapter g as one module, so DDP syncs both."""
 
-    def __init__(self, unet: nn.Module, adapter: NoiseAdapter):
+    def __init__(self, unet: diffusers.UNetMotionModel, adapter: NoiseAdapter):
         super().__init__()
         self.unet, self.adapter = unet, adapter
 
@@ -60,8 +68,8 @@ def training_step(
     latents: torch.Tensor,
     text: torch.Tensor,
     generator: torch.Generator,
-    noise_scheduler,
-    loss_cfg,
+    noise_scheduler: diffusers.DDPMScheduler,
+    loss_cfg: LossConfig,
 ) -> StepLosses:
     """One training step of Alg. 1 (Sec. III-D3) on clean latents z_0 `(b, c, f, h, w)` and text `(b, tokens, dim)`."""
     if latents.ndim != 5:
@@ -82,7 +90,7 @@ def training_step(
     return StepLosses(l_diff, l_con, total_loss(l_diff, l_con, loss_cfg.lambda_diff, loss_cfg.lambda_con))
 
 
-def make_noise_scheduler(noise_cfg):
+def make_noise_scheduler(noise_cfg: NoiseScheduleConfig) -> diffusers.DDPMScheduler:
     """The training forward process: DDPM with linear betas 0.00085-0.012 over 1000 steps (Sec. IV-A1)."""
     from diffusers import DDPMScheduler
 
@@ -111,7 +119,9 @@ def unused_trainable_parameters(module: NADMTrainModule) -> list[str]:
     return unused
 
 
-def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: bool = False, compile: bool = False):
+def trainable_module(
+    video_unet: diffusers.UNetMotionModel, adapter: NoiseAdapter, gradient_checkpointing: bool = False, compile: bool = False
+) -> tuple[NADMTrainModule, list[str]]:
     """The module nadm trains (Sec. III-D3): SD frozen, motion modules and noise adapter trainable, except the
     motion parameters no gradient reaches under the configured attention types. Returns (module, their names).
 
@@ -130,7 +140,7 @@ def trainable_module(video_unet, adapter: NoiseAdapter, gradient_checkpointing: 
     return module, unused
 
 
-def enable_checkpointing(video_unet) -> None:
+def enable_checkpointing(video_unet: diffusers.UNetMotionModel) -> None:
     """Recompute activations in the backward pass: diffusers' checkpointing (ResNets, spatial transformers) plus
     every motion module, which diffusers leaves out and which holds most of what a step keeps (Sec. III-D1)."""
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D

@@ -205,8 +205,8 @@ def index_dataset(tmp_path: Path, lengths: list[int], captions: list[str] | None
 
 def test_dataset_sample_shapes_range_and_stride(tmp_path):
     root = index_dataset(tmp_path, [70, 45])
-    config = data.DataConfig(root=root, frames=6, stride=3, resolution=32, empty_caption_prob=0.0, seed=7)
-    dataset = data.VideoClipDataset(config)
+    config = data.DataConfig(root=root, frames=6, stride=3, resolution=32, empty_caption_prob=0.0)
+    dataset = data.VideoClipDataset(config, seed=7)
     assert len(dataset) == 2 and dataset.lengths == [70, 45]
     starts = set()
     for epoch in range(3):
@@ -226,11 +226,11 @@ def test_dataset_sample_shapes_range_and_stride(tmp_path):
             starts.add((index, start))
     assert len(starts) > 2  # epochs draw different starts
     # deterministic given (seed, epoch, index): a fresh dataset at epoch 1 draws what this one drew
-    again = data.VideoClipDataset(config)
+    again = data.VideoClipDataset(config, seed=7)
     again.set_epoch(1)
     dataset.set_epoch(1)
     assert torch.equal(again[1]["pixel_values"], dataset[1]["pixel_values"])
-    other_seed = data.VideoClipDataset(data.DataConfig(**{**config.to_dict(), "seed": 8}))
+    other_seed = data.VideoClipDataset(config, seed=8)
     assert [other_seed.draw(i, e)[0][0] for i in range(2) for e in range(5)] != [
         dataset.draw(i, e)[0][0] for i in range(2) for e in range(5)
     ]
@@ -249,17 +249,34 @@ def test_dataset_empty_caption_rate(tmp_path):
 
 
 def test_dataset_refuses_short_missing_and_uncaptioned(tmp_path):
-    root = index_dataset(tmp_path, [40, 31], captions=["fine", "short"])
-    too_short = r"1 video\(s\) shorter than 8 frames x stride 4 = 32 frames: .*v1.mp4 \(31 frames\)"
+    root = index_dataset(tmp_path, [40, 28], captions=["fine", "short"])
+    too_short = r"1 video\(s\) shorter than \(8 - 1\) frames x stride 4 \+ 1 = 29 frames: .*v1.mp4 \(28 frames\)"
     with pytest.raises(NADMError, match=too_short):
         data.VideoClipDataset(data.DataConfig(root=root))
-    assert len(data.VideoClipDataset(data.DataConfig(root=root, stride=3))) == 2  # 8 x 3 = 24 fits
+    assert len(data.VideoClipDataset(data.DataConfig(root=root, stride=3))) == 2  # 7 x 3 + 1 = 22 fits
     write_captions_csv(root, [("v0.mp4", ""), ("v1.mp4", "ok")])
     with pytest.raises(NADMError, match=r"empty caption: .*v0.mp4"):
         data.VideoClipDataset(data.DataConfig(root=root, stride=3))
     write_captions_csv(root, [("v0.mp4", "ok"), ("gone.mp4", "ok")])
     with pytest.raises(NADMError, match=r"missing: .*gone.mp4"):
         data.VideoClipDataset(data.DataConfig(root=root, stride=3))
+
+
+def test_a_clip_needs_frames_minus_one_strides_plus_one_source_frames(tmp_path):
+    """Issue 12: 8 frames at stride 4 span (8 - 1) * 4 + 1 = 29 source frames, not 8 * 4 = 32: a 29-frame video
+    gives exactly one clip, frames 0, 4, ..., 28 (all decoded), and a 30-frame one (refused before) two starts."""
+    root = index_dataset(tmp_path, [29, 30])
+    config = data.DataConfig(root=root, resolution=16, empty_caption_prob=0.0)
+    assert config.span == 29 and data.DataConfig(root=root, frames=6, stride=3).span == 16
+    dataset = data.VideoClipDataset(config)
+    assert dataset.lengths == [29, 30]
+    item = dataset[0]
+    assert item["frame_indices"].tolist() == list(range(0, 29, 4))
+    rgb = ((item["pixel_values"].permute(0, 2, 3, 1) + 1) * 127.5).numpy()
+    assert [decode_index(f) for f in rgb] == list(range(0, 29, 4))  # the last frame, 28, decodes
+    assert {int(dataset.draw(1, epoch)[0][0]) for epoch in range(40)} == {0, 1}
+    with pytest.raises(NADMError, match=r"= 29 frames: .*v0.mp4 \(28 frames\)"):
+        data.VideoClipDataset(data.DataConfig(root=index_dataset(tmp_path / "short", [28])))
 
 
 @pytest.mark.parametrize(
@@ -386,13 +403,14 @@ def tiny_encoders(tmp_path: Path):
 
 def test_latent_cache_round_trip(tmp_path):
     root = index_dataset(tmp_path, [40, 36], captions=["misty river", "pine and rock"])
-    config = data.DataConfig(root=root, frames=4, stride=2, resolution=32, seed=3)
+    config = data.DataConfig(root=root, frames=4, stride=2, resolution=32)
     vae, text_encoder, tokenizer = tiny_encoders(tmp_path)
     out = latent_cache.cache_latents(
-        config, vae, text_encoder, tokenizer, tmp_path / "cache", clips_per_video=2, progress=False
+        data.VideoClipDataset(config, seed=3), vae, text_encoder, tokenizer, tmp_path / "cache", clips_per_video=2,
+        progress=False,
     )
 
-    live = data.VideoClipDataset(config)
+    live = data.VideoClipDataset(config, seed=3)
     manifest = json.loads((out / "cache.json").read_text())
     assert manifest["latent_shape"] == [4, 4, 4, 4] and manifest["clips_per_video"] == 2
     cached = latent_cache.CachedLatentDataset(out, empty_caption_prob=0.0)
@@ -421,7 +439,7 @@ def test_latent_cache_round_trip(tmp_path):
     assert abs(np.mean(drops) - 0.1) < 0.04
     # never replaced without overwrite
     with pytest.raises(NADMError, match="already exists"):
-        latent_cache.cache_latents(config, vae, text_encoder, tokenizer, out, progress=False)
+        latent_cache.cache_latents(live, vae, text_encoder, tokenizer, out, progress=False)
 
 
 def test_data_cache_command(tmp_path, capsys):

@@ -11,16 +11,14 @@ import torch
 
 from nadm.base import LoraSpec, load_base
 from nadm.checkpoint import MotionWeights
-from nadm.errors import NADMError
+from nadm.devices import resolve_device, resolve_dtype
+from nadm.errors import InvalidRequest, NADMError, RunFailed
 from nadm.pipeline import (
-    InvalidRequest,
     NADMPipeline,
     check_compile,
     check_request,
     default_fps,
     make_scheduler,
-    resolve_device,
-    resolve_dtype,
 )
 from nadm.tiny import TINY_MOTION, TINY_UNET, TINY_VAE, build_tiny_base, build_tiny_motion
 
@@ -91,6 +89,17 @@ def test_long_prompts_are_cut_with_a_note(pipe, capsys):
     assert "prompt cut to the text encoder's 77 tokens" in capsys.readouterr().err
 
 
+def test_a_long_negative_prompt_is_named_as_the_negative_one(pipe, capsys):
+    """Issue 11, item 12: a 5,000-character negative prompt is reported as the negative prompt, not as the prompt."""
+    _frames(pipe, negative_prompt="blurry, " * 625)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cut to the text encoder's 77 tokens" in line]
+    assert len(notes) == 1 and notes[0].startswith("nadm: negative prompt cut")
+    assert int(re.search(r"\(it has (\d+)\)", notes[0]).group(1)) > 77
+    _frames(pipe, prompt="mist " * 40, negative_prompt="blurry")  # the prompt alone: named as the prompt
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cut to the text encoder's 77 tokens" in line]
+    assert len(notes) == 1 and notes[0].startswith("nadm: prompt cut")
+
+
 def test_motion_module_is_in_the_loop(tiny, pipe):
     """The same base with the motion module's output projections zeroed (identity) gives a different video."""
     zeroed = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
@@ -105,7 +114,7 @@ def test_numerical_blow_up_is_reported_not_written(tiny):
     broken = NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
     with torch.no_grad():
         broken.video_unet.conv_out.bias.fill_(math.inf)
-    with pytest.raises(NADMError, match="NaN/inf latents in float32: are the base or motion weights broken"):
+    with pytest.raises(RunFailed, match="NaN/inf latents in float32: are the base or motion weights broken"):
         _frames(broken)
 
 
@@ -175,6 +184,19 @@ def test_devices_and_dtypes(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(InvalidRequest, match="device 'cuda' is not available here"):
             resolve_device("cuda")
+
+
+def test_one_device_resolver_for_the_sampler_and_the_metric_networks(monkeypatch):
+    """Issue 13: nadm.devices is the one resolver; 'auto' takes the first accelerator of `prefer` this machine has."""
+    from nadm import metric_networks
+
+    with pytest.raises(InvalidRequest, match="unknown device 'gpu0'"):
+        metric_networks.I3DFeatures(None, device="gpu0")  # refused before any weights are looked for
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "mps" and resolve_device(None).type == "mps"  # the sampler's order
+    assert resolve_device("auto", prefer=metric_networks.AUTO_DEVICES).type == "cpu"  # metric networks: CUDA or CPU
+    assert resolve_device("", prefer=()).type == "cpu"
 
 
 def test_check_request_without_a_motion_module_has_no_frame_limit():

@@ -157,11 +157,30 @@ def test_cli_refuses_user_mistakes_with_one_line(env, tmp_path, capsys):
     assert "unknown key" in capsys.readouterr().err
     assert cli_train(env, tmp_path / "r2", "--data", tmp_path / "nodata") == 2
     assert "nodata" in capsys.readouterr().err
-    # the paper's SD-1.5-sized motion module does not fit the tiny base: said before anything is written
-    args = ("--base", env["base"], "--data", env["data"], "--frames", 4, "--stride", 2, "--set", "loss.m=1", "-o", tmp_path / "r3")
+    # a motion module shape set explicitly that does not fit the tiny base: said before anything is written
+    args = ("--base", env["base"], "--data", env["data"], "--frames", 4, "--stride", 2, "--set", "loss.m=1", "-o", tmp_path / "r3",
+            "--set", "model.block_out_channels=[64, 128]")  # fmt: skip
     assert run_cli("train", *args, "--quiet") == 2
     assert "block_out_channels" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("new", "r2", "r3"))
+
+
+def test_a_base_of_another_shape_gives_the_motion_module_its_shape(env, tmp_path, capsys):
+    """Issue 12: on a base UNet that is not SD 1.5's shape (the tiny one), the motion module takes the base's block
+    widths, layers per block and GroupNorm groups, and says so; nothing to set by hand."""
+    from nadm.checkpoint import load_checkpoint
+
+    out = tmp_path / "fit"
+    args = ("--base", env["base"], "--data", env["data"], "--frames", 4, "--stride", 2, "--resolution", 32,
+            "--set", "loss.m=1", "--max-steps", 1, "-o", out, "--quiet")  # fmt: skip
+    assert run_cli("train", *args) == 0, capsys.readouterr().err
+    said = "motion architecture from the base UNet: block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8"
+    assert said in capsys.readouterr().out
+    export = load_checkpoint(checkpoints(out)[-1] / EXPORT)
+    model = export.config
+    assert (model.block_out_channels, model.motion_layers_per_block, model.motion_norm_num_groups) == ((32, 64), 1, 8)
+    assert model.motion_num_attention_heads == 8  # not fixed by the base: the run's (default) value
+    assert load_train_config(out / "train_config.yaml").model == model
 
 
 # ------------------------------------------------------------------------------------------ a short run
@@ -366,9 +385,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(env, tmp_pa
 
     monkeypatch.setattr(nadm.train_step, "diffusion_loss", nan_at_step_5)
     out = tmp_path / "nan"
-    assert cli_train(env, out, "--max-steps", 8, "--checkpoint-every", 2) == 1
+    assert cli_train(env, out, "--max-steps", 8, "--checkpoint-every", 2) == 3  # a failed run: its own exit code
     err = capsys.readouterr().err
     assert "training stopped at step 5" in err and "not finite" in err and "checkpoint-000004" in err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line, no traceback
     assert [p.name for p in checkpoints(out)] == ["checkpoint-000002", "checkpoint-000004"]
     assert not any(p.name.startswith(".") for p in (out / "checkpoints").iterdir())  # no partial checkpoint
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
@@ -376,6 +396,35 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(env, tmp_pa
     monkeypatch.setattr(nadm.train_step, "diffusion_loss", real)
     assert cli_train(env, out, "--max-steps", 5, "--checkpoint-every", 2, "--resume", "latest") == 0
     assert np.isfinite(read_metrics(out)[-1]["loss"]) and read_metrics(out)[-1]["step"] == 5
+
+
+def test_resume_from_a_damaged_checkpoint_names_it_and_offers_the_previous_one(env, tmp_path, capsys):
+    """Issue 11, item 5: with optimizer.bin truncated or missing, `--resume latest` says which checkpoint is damaged
+    and offers the newest whole one as `--resume checkpoint-N` (one line, exit 2, before any model loads)."""
+    out = tmp_path / "damaged"
+    assert cli_train(env, out, "--max-steps", 4, "--checkpoint-every", 2) == 0
+    capsys.readouterr()
+    optimizer = out / "checkpoints" / "checkpoint-000004" / "optimizer.bin"
+    whole = optimizer.read_bytes()
+    for damage in ("truncated", "missing"):
+        if damage == "truncated":
+            optimizer.write_bytes(whole[: len(whole) // 2])
+        else:
+            optimizer.unlink()
+        assert cli_train(env, out, "--max-steps", 6, "--resume", "latest") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: the checkpoint ") and err.count("\n") == 1, err
+        assert f"checkpoint-000004 is damaged: optimizer.bin is {damage}" in err
+        assert "--resume checkpoint-000002" in err
+    # the offered command resumes and continues the run
+    assert cli_train(env, out, "--max-steps", 6, "--checkpoint-every", 2, "--resume", "checkpoint-000002") == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
+    # nothing whole left to offer: said so
+    for folder in checkpoints(out):
+        (folder / "optimizer.bin").unlink()
+    assert cli_train(env, out, "--max-steps", 8, "--resume", "latest") == 2
+    assert "no earlier checkpoint of this run is complete" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ options

@@ -1,5 +1,7 @@
 """`nadm data prepare|check|cache`: build, verify and pre-encode an LPV-HD-style dataset (Sec. III-B); docs/dataset.md."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 import sys
@@ -41,7 +43,7 @@ def data() -> None:
     type=int,
     default=32,
     show_default=True,
-    help="Drop clips shorter than this; training needs frames x stride (paper: 8 x 4 = 32).",
+    help="Drop clips shorter than this; a training clip needs (frames - 1) x stride + 1 (paper: 29).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace DST's contents if DST is not empty.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -121,11 +123,11 @@ def cache(root: Path, out: Path, base: str | None, base_config: str | None, fram
     check_replaceable(out, overwrite or (out.is_dir() and not any(out.iterdir())))
     check_writable(out.parent)
     try:
-        config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution, seed=seed,
+        config = DataConfig(root=root, frames=frames, stride=stride, resolution=resolution,
                             captions_file=None if captions_file is None else str(captions_file))  # fmt: skip
     except ValueError as e:
         raise NADMError(str(e)) from None
-    dataset = VideoClipDataset(config)
+    dataset = VideoClipDataset(config, seed=seed)
     dev = resolve_device(device)
     # 2. the frozen encoders, in float32 (latents are cached in float32)
     model = load_base(base or DEFAULT_BASE, config=base_config)

@@ -1,5 +1,7 @@
 """`nadm generate` (text -> video file, Alg. 1 inference, Sec. IV-A2) and `nadm selftest` (the offline smoke test)."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 import math

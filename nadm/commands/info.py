@@ -1,5 +1,7 @@
 """`nadm info`: what is installed, which devices are visible, and a model's trainable/frozen parameters."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 import click

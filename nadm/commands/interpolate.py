@@ -1,5 +1,7 @@
 """`nadm interpolate`: double a video's frame count (paper Sec. III-E, SOFP) K times and write it with a sidecar."""
 
+# Each command imports the nadm modules it runs inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 from pathlib import Path

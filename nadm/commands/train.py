@@ -1,5 +1,7 @@
 """`nadm train`: train the motion module and noise adapter on a frozen SD 1.5 (Sec. III-D3, IV-A1); docs/training.md."""
 
+# Each command imports torch, diffusers and the nadm modules that need them inside its function (CLI start-up time).
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,7 +106,7 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     """
     from nadm.io import check_writable
     from nadm.runfolder import find_checkpoint
-    from nadm.train import TrainingDiverged, resolve_config
+    from nadm.train import resolve_config
     from nadm.train import train as run_training
 
     check_writable(output)  # before any data or model is read
@@ -112,7 +114,5 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     overrides.update(_parse_set(settings))
     resume_from = find_checkpoint(output, resume) if resume else None
     config = resolve_config(preset=preset, config_file=config_file, overrides=overrides, resume_from=resume_from)
-    try:
-        run_training(config, output, resume=resume_from, overwrite=overwrite, progress=not quiet)
-    except TrainingDiverged as e:
-        raise click.ClickException(str(e)) from None
+    # a diverging loss raises TrainingDiverged (RunFailed): one line and exit code 3 from nadm.cli
+    run_training(config, output, resume=resume_from, overwrite=overwrite, progress=not quiet)
