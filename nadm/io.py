@@ -465,6 +465,33 @@ def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool | None
     return path
 
 
+def check_output_file(path: str | os.PathLike | None, overwrite: bool, option: str = "--json") -> Path | None:
+    """Check a report file (JSON, CSV, figure) before any work: not a folder, replaceable (`check_replaceable`, its
+    sidecar too for non-JSON files), its folder writable and made; stale temporaries of it cleaned. None passes."""
+    if not path:
+        return None
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise NADMError(f"{out} is a folder; give a file name for {option}")
+    check_replaceable(out, overwrite)  # with --overwrite, only a file nadm wrote
+    if out.suffix != ".json":
+        check_replaceable(sidecar_path(out), overwrite)
+    check_writable(out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
+    clean_stale_temporaries(out)
+    return out
+
+
+def mark_output(path: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """Write the sidecar `<path>.json` that says nadm wrote a non-video output (a CSV, a figure) and from what, so a
+    later `--overwrite` may replace it (`foreign_file`)."""
+    record = {"nadm_version": __version__, "file": Path(path).name, **settings}
+    return write_text_atomic(sidecar_path(path), json.dumps(record, indent=2, default=_json_default) + "\n")
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -261,6 +261,13 @@ def test_cli_create_report_export_and_overwrite_rules(clips, tmp_path, capsys):
     assert report["answers_counted"] == 8 and (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = _cli(capsys, "study", "report", out, "--json", tmp_path / "r.json")
     assert code == 2 and "already exists" in err
+    code, _, _ = _cli(capsys, "study", "report", out, "--json", tmp_path / "r.json", "--png", tmp_path / "f.png",
+                      "--overwrite")
+    assert code == 0  # nadm's own report and figure (the figure by its sidecar) may be replaced
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's own picture")
+    code, _, err = _cli(capsys, "study", "report", out, "--png", mine, "--overwrite")
+    assert code == 2 and "nadm did not write it" in err and mine.read_bytes() == b"the user's own picture"
     code, stdout, _ = _cli(capsys, "study", "export", out, "--csv", tmp_path / "a.csv")
     lines = (tmp_path / "a.csv").read_text().splitlines()
     assert code == 0 and len(lines) == 1 + 12 and lines[0].startswith("answer_id,participant,participant_status")

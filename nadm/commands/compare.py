@@ -11,7 +11,6 @@ import click
 
 from nadm.commands.evaluate import (
     METRIC_HELP,
-    check_json_path,
     eval_options,
     list_videos,
     options_from,
@@ -90,11 +89,11 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
 
     Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
     from nadm.evaluation import NEEDS_REAL, VideoSet, check_request
-    from nadm.io import check_replaceable, check_writable
+    from nadm.io import check_output_file, check_replaceable, check_writable
     from nadm.metric_networks import C3D_WEIGHTS, I3D_WEIGHTS, resolve_weights
 
     # 1. check every input, and fetch the metric networks, before hours of generation
-    json_out = check_json_path(kw["json_out"], kw["overwrite"])
+    json_out = check_output_file(kw["json_out"], kw["overwrite"])
     opt = options_from(kw)
     checkpoints = _parse_motion(motions)
     prompts = read_prompt_file(prompts_file)

@@ -136,25 +136,6 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def check_json_path(path: str | None, overwrite: bool) -> Path | None:
-    """Validate the JSON output before any work: it must not exist unless overwrite; its folder is created."""
-    if not path:
-        return None
-    from nadm.io import check_replaceable, check_writable, clean_stale_temporaries
-
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise NADMError(f"{out} is a folder; give a file name for --json")
-    check_replaceable(out, overwrite)  # with --overwrite, only a report nadm wrote
-    check_writable(out.parent)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
-    clean_stale_temporaries(out)
-    return out
-
-
 def write_json(path: Path, data: dict[str, Any], overwrite: bool) -> None:
     """Write JSON atomically (a temporary file in the same folder, then `safe_replace`)."""
     from nadm.io import write_text_atomic
@@ -283,9 +264,10 @@ def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str
     The paper's metrics (Sec. IV-C2) plus two weight-free temporal ones. Each folder holds one video per
     file (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
     from nadm.evaluation import NEEDS_PROMPTS, VideoSet
+    from nadm.io import check_output_file
 
     # 1. check every input before any network is loaded
-    json_out = check_json_path(kw["json_out"], kw["overwrite"])
+    json_out = check_output_file(kw["json_out"], kw["overwrite"])
     opt = options_from(kw)
     real = list_videos(real_dir) if real_dir else None
     sets = []

@@ -36,22 +36,6 @@ def _read_text(path: str | None, what: str) -> str | None:
         raise NADMError(f"cannot read the {what} {path}: {e}") from e
 
 
-def _output(path: str | None, overwrite: bool, option: str) -> Path | None:
-    """Check an output file before any work: not a folder, not existing unless overwrite; make its folder."""
-    if path is None:
-        return None
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise NADMError(f"{out} is a folder; give a file name for {option}")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise NADMError(f"{out} already exists: pass --overwrite to replace it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
-    return out
-
-
 @click.group()
 def study() -> None:
     """Run a pairwise user study like the paper's Fig. 11: create, invite, serve, report, export."""
@@ -150,12 +134,14 @@ def serve(database: str, host: str, port: int, admin_token: str | None, open_enr
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def report(database: str, figure: str | None, json_out: str | None, overwrite: bool) -> None:
     """Preference rates per system pair and question, Wilson 95% intervals, binomial tests."""
+    from nadm import __version__
     from nadm.commands.evaluate import write_json
+    from nadm.io import check_output_file, mark_output
     from nadm.study import db
     from nadm.study.report import analyse, format_table, plot
 
-    json_path = _output(json_out, overwrite, "--json")
-    fig_path = _output(figure, overwrite, "--png")
+    json_path = check_output_file(json_out, overwrite, "--json")
+    fig_path = check_output_file(figure, overwrite, "--png")
     if fig_path is not None and fig_path.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise NADMError(f"--png needs a .png, .pdf or .svg file name, got {fig_path.name}")
     con = db.connect(database)
@@ -165,10 +151,11 @@ def report(database: str, figure: str | None, json_out: str | None, overwrite: b
         con.close()
     click.echo(format_table(result))
     if json_path is not None:
-        write_json(json_path, {"study": str(Path(database).resolve()), **result})
+        write_json(json_path, {"nadm_version": __version__, "study": str(Path(database).resolve()), **result}, overwrite)
         click.echo(f"wrote {json_path}")
     if fig_path is not None:
         plot(result, fig_path, overwrite)
+        mark_output(fig_path, {"made_by": "nadm study report", "study": str(Path(database).resolve())})
         click.echo(f"wrote {fig_path}")
 
 
@@ -178,18 +165,19 @@ def report(database: str, figure: str | None, json_out: str | None, overwrite: b
 @click.option("--overwrite", is_flag=True, help="Replace an existing CSV file.")
 def export(database: str, csv_out: str, overwrite: bool) -> None:
     """Write every answer to a CSV file (atomically) for analysis elsewhere."""
-    from nadm.io import write_text_atomic
+    from nadm.io import check_output_file, mark_output, write_text_atomic
     from nadm.study import db
     from nadm.study.export import answers_csv
 
-    out = _output(csv_out, overwrite, "--csv")
+    out = check_output_file(csv_out, overwrite, "--csv")
     con = db.connect(database)
     try:
         text = answers_csv(con)
     finally:
         con.close()
     try:
-        write_text_atomic(out, text)
+        write_text_atomic(out, text, overwrite)
+        mark_output(out, {"made_by": "nadm study export", "study": str(Path(database).resolve())})
     except OSError as e:
         raise NADMError(f"could not write {out}: {e.strerror or e}") from e
     click.echo(f"wrote {out} ({text.count(chr(10)) - 1} answers)")

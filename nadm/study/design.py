@@ -16,13 +16,12 @@ import os
 import re
 import secrets
 import sqlite3
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nadm import __version__
 from nadm.errors import NADMError
-from nadm.io import move_into_place, natural_key, read_sidecar
+from nadm.io import mark_output, natural_key, read_sidecar, safe_replace, temp_path
 from nadm.study import db
 
 MEDIA_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".webp": "image/webp"}
@@ -236,7 +235,7 @@ def create_study(out: str | os.PathLike, plan: StudyPlan, options: DesignOptions
     _check_target(out, overwrite)
     meta = _design_meta(plan, options)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(out)
     try:
         # 2. build the database under the temporary name, fully checkpointed (no -wal file left)
         con = db.connect(tmp, new=True)
@@ -249,8 +248,10 @@ def create_study(out: str | os.PathLike, plan: StudyPlan, options: DesignOptions
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             con.close()
-        # 3. rename into place
-        move_into_place(tmp, out, overwrite)
+        # 3. rename into place (an earlier study is replaced only under the rules of _check_target, and only when its
+        # sidecar says nadm made it), then say in the sidecar what made it
+        safe_replace(tmp, out, overwrite)
+        mark_output(out, {"made_by": "nadm study create", "systems": list(plan.systems), "pairs": len(plan.pairs)})
     except OSError as e:
         raise NADMError(f"could not write {out}: {e.strerror or e}") from e
     finally:

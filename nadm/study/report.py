@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def plot(report: dict, out: Path, overwrite: bool) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from nadm.io import move_into_place
+    from nadm.io import safe_replace, temp_path
 
     couples = list(dict.fromkeys((r["system_a"], r["system_b"]) for r in report["results"]))
     qids = list(report["questions"])
@@ -167,10 +166,10 @@ def plot(report: dict, out: Path, overwrite: bool) -> Path:
     ax.legend(fontsize="small", ncols=len(qids) if len(couples) > 2 else 2, loc="upper center",
               bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}{out.suffix}")
+    tmp = temp_path(out, out.suffix)
     try:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        move_into_place(tmp, out, overwrite)
+        safe_replace(tmp, out, overwrite)
     except (OSError, ValueError) as e:
         raise NADMError(f"could not write {out}: {e}") from e
     finally:
