@@ -228,11 +228,14 @@ class NADMPipeline:
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
         compile: str | None = None,
         progress: bool = True,
+        trained_frames: int | None = None,
     ):
         if scheduler not in SCHEDULERS:
             raise InvalidRequest(f"unknown scheduler {scheduler!r}: use one of {', '.join(SCHEDULERS)}")
         if not isinstance(decode_chunk, int) or decode_chunk < 1:
             raise InvalidRequest(f"decode_chunk must be a positive integer, got {decode_chunk}")
+        from nadm.windows import DEFAULT_CONTEXT
+
         compile = check_compile(compile, cpu_offload)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -250,7 +253,8 @@ class NADMPipeline:
             vae.enable_tiling()
         else:
             vae.disable_tiling()
-        self.max_frames = int(video_unet.config.motion_max_seq_length)
+        self.max_frames = int(video_unet.config.motion_max_seq_length)  # position table: the longest context window
+        self.trained_frames = trained_frames or DEFAULT_CONTEXT  # training clip: the default context (nadm.windows)
         self.latent_channels = int(video_unet.config.in_channels)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.compile_mode = None
@@ -282,6 +286,7 @@ class NADMPipeline:
         """
         from nadm.checkpoint import MotionWeights, load_motion_source
         from nadm.motion import build_video_unet
+        from nadm.windows import trained_frames
 
         # 1. options that need nothing loaded
         if scheduler not in SCHEDULERS:
@@ -314,6 +319,7 @@ class NADMPipeline:
             video_unet, base_model.vae, base_model.text_encoder, base_model.tokenizer, weights.config,
             scheduler=scheduler, device=dev, dtype=torch_dtype, sources=sources, cpu_offload=cpu_offload,
             vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, compile=compile, progress=progress,
+            trained_frames=trained_frames(weights),
         )  # fmt: skip
 
     def to(self, device=None, dtype=None) -> "NADMPipeline":
@@ -391,7 +397,7 @@ class NADMPipeline:
 
     def __call__(
         self,
-        prompt: str,
+        prompt: str | dict[int, str],
         negative_prompt: str | None = None,
         num_frames: int = 16,
         height: int = 512,
@@ -403,19 +409,37 @@ class NADMPipeline:
         flow: str = "dis",
         eta: float = 0.0,
         progress: bool | None = None,
+        context: int | None = None,
+        overlap: int | None = None,
+        loop: bool = False,
+        window_schedule: str | None = None,
+        window_batch: int | None = None,
+        travel_interp: str = "linear",
     ) -> VideoResult:
-        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
+        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on.
+
+        Long clips, loops and prompt travel (nadm.windows, nadm.travel): N > `context` frames (default: the motion
+        module's training clip) are denoised in windows overlapping by `overlap` (default C/4), `window_batch` per
+        UNet call; `loop` wraps the windows around and interpolates the pair (last, first) too; a `prompt` dict
+        `{frame: prompt}` travels between its key prompts (`travel_interp` 'linear' or 'slerp').
+        """
         import torch
 
         from nadm.config import to_dict
         from nadm.io import environment_versions
+        from nadm.loops import interpolate_keyframes
         from nadm.motion import predict_noise
         from nadm.sampling import OnePrompt, denoise
+        from nadm.travel import check_travel, describe, travel_schedule
+        from nadm.windows import plan_windows
 
         # 1. check the request; draw a seed when none is given (it is recorded either way)
-        check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest("the prompt must be a non-empty string")
+        check_request(num_frames, height, width, steps, guidance, seed, interpolate)  # frame limit: the windows'
+        plan = plan_windows(num_frames, self.trained_frames, self.max_frames, context, overlap, loop, window_schedule,
+                            window_batch)  # fmt: skip
+        travel = check_travel(prompt, num_frames, travel_interp) if isinstance(prompt, dict) else None
+        if travel is None and (not isinstance(prompt, str) or not prompt.strip()):
+            raise InvalidRequest("the prompt must be a non-empty string (or a dict {frame: prompt} for prompt travel)")
         if not 0.0 <= eta <= 1.0:
             raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
         if eta != 0.0 and self.scheduler != "ddim":
@@ -428,7 +452,10 @@ class NADMPipeline:
 
         with torch.inference_mode():
             # 2. text embeddings (b, 77, dim): b = 2 [negative, prompt] with guidance, else 1 [prompt]
-            text = self.encode_prompt(([negative_prompt or ""] if cfg else []) + [prompt])
+            if travel is None:
+                text = OnePrompt(self.encode_prompt(([negative_prompt or ""] if cfg else []) + [prompt]))
+            else:  # per-frame text (b, f, 77, dim): each key prompt encoded once
+                text = travel_schedule(self.encode_prompt, travel, negative_prompt, cfg, num_frames, loop, travel_interp)
             timings["encode"] = clock.lap()
 
             # 3. z_T: noise (1, 4, f, h/8, w/8) from a CPU generator (the same seed gives the same noise on any device)
@@ -445,7 +472,10 @@ class NADMPipeline:
                 return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
 
             with self._on_device(self.video_unet):
-                latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=show)
+                latents = denoise(
+                    unet, scheduler, latents, text, guidance, windows=plan, step_kwargs=step_kwargs, progress=show,
+                    window_batch=plan.window_batch,
+                )  # fmt: skip
             if not torch.isfinite(latents).all():
                 dtype = str(self.dtype).removeprefix("torch.")
                 hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
@@ -456,19 +486,24 @@ class NADMPipeline:
             keyframes = self.decode_latents(latents, show)
             timings["decode"] = clock.lap()
 
-        # 6. SOFP interpolation N -> 2N-1 (Sec. III-E), on the decoded RGB frames
+        # 6. SOFP interpolation N -> 2N-1 (2N for a loop; Sec. III-E), on the decoded RGB frames; T within C for long clips
         frames, interpolation = keyframes, None
         if interpolate:
-            from nadm.interpolate import SOFP_DEFAULTS, sofp
+            from nadm.interpolate import SOFP_DEFAULTS
 
-            frames = sofp(keyframes, flow=flow, progress=show)
+            window = plan.context if num_frames > plan.context else None
+            frames = interpolate_keyframes(keyframes, flow, loop, window, show)
             timings["interpolate"] = clock.lap()
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
+            interpolation.update(window=window, loop=bool(loop))
 
         # 7. everything needed to reproduce the clip
         sched = scheduler.config
         settings = {
-            "prompt": prompt,
+            "prompt": prompt if travel is None else describe(travel),
+            "travel": None if travel is None else {"interpolation": travel_interp, "keys": len(travel)},
+            "loop": bool(loop),
+            "windows": plan.describe(),
             "negative_prompt": negative_prompt or "",
             "seed": seed,
             "seed_drawn": seed_drawn,

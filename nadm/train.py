@@ -410,7 +410,7 @@ def _run(accelerator, cfg: TrainConfig, out: Path, resume_dir: Path | None, over
                 save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
             motion, adapter = _split(export)
             extra = {"step": state.step, "ema": ema is not None, "train_config": cfg.to_dict()}
-            save_checkpoint(folder / EXPORT, cfg.model, motion, adapter, extra=extra)
+            save_checkpoint(folder / EXPORT, cfg.model, motion, adapter, extra=extra, trained_frames=cfg.data.frames)
             save_train_config(cfg, folder / RUN_CONFIG)
 
     def checkpoint() -> Path:

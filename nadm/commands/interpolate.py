@@ -23,6 +23,8 @@ from nadm.errors import NADMError
               help="Repeat the doubling K times: N frames -> 2^K (N - 1) + 1.")
 @click.option("--window", type=click.IntRange(min=1), default=None,
               help="sofp only: frame T for pair t is min(t + W, N - 1)  [default: the clip's last frame].")
+@click.option("--loop", is_flag=True,
+              help="IN is a loop: also fill the pair (last, first), N frames -> 2^K N (GIF/WebP loop forever anyway).")
 @click.option("--keep-fps", is_flag=True, help="Keep the input fps (slow motion) instead of doubling it per pass.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (and its .json sidecar) if it exists.")
 def interpolate(
@@ -33,12 +35,14 @@ def interpolate(
     dis_preset: str | None,
     times_: int,
     window: int | None,
+    loop: bool,
     keep_fps: bool,
     overwrite: bool,
 ) -> None:
     """Insert frames between the frames of IN (a video, GIF, or folder of images) and write OUT."""
     from nadm import interpolate as interp
     from nadm.io import check_output_path, read_video, write_video
+    from nadm.loops import interpolate_loop
 
     # 1. option consistency and the output path, before any expensive work
     if method == "crossfade" and flow is not None:
@@ -65,7 +69,10 @@ def interpolate(
     if method == "sofp":
         options["window"] = window
     try:
-        result = interp.times(frames, times_, method=method, **options)
+        if loop:
+            result = interpolate_loop(frames, times_, method, **options)
+        else:
+            result = interp.times(frames, times_, method=method, **options)
     except ValueError as e:
         raise NADMError(str(e)) from e
 
@@ -77,6 +84,7 @@ def interpolate(
         "flow": flow,
         "times": times_,
         "window": window,
+        "loop": loop,
         "keep_fps": keep_fps,
         "input": str(Path(input_path).resolve()),
         "fps_in": fps_in,
@@ -88,5 +96,5 @@ def interpolate(
         settings["sofp"] = dict(interp.SOFP_DEFAULTS)
     if flow == "dis":
         settings["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
-    write_video(result, out, fps_out, metadata={"interpolation": settings}, overwrite=overwrite)
+    write_video(result, out, fps_out, metadata={"interpolation": settings, "loop": loop}, overwrite=overwrite)
     click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {fps_out:g} fps ({method})")
