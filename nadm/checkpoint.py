@@ -1,7 +1,8 @@
 """NADM checkpoints and AnimateDiff motion weights: one loader for every motion source (Sec. III-D1).
 
 An NADM checkpoint is a folder:
-    config.json                   {"format": "nadm", "format_version": 1, "nadm_version", "kind", "config": NADMConfig}
+    config.json                   {"format": "nadm", "format_version": 1, "nadm_version", "kind", "config": NADMConfig,
+                                   "trained_frames": the training clip length (the default context of long clips)}
     motion_modules.safetensors    motion-module weights, keyed as diffusers' MotionAdapter
     noise_adapter.safetensors     the noise adapter (training only; optional)
 AnimateDiff motion weights come as a diffusers `MotionAdapter` folder or hub id, or as an original-format
@@ -30,6 +31,7 @@ FORMAT = "nadm"
 FORMAT_VERSION = 1
 MOTION_FILE = "motion_modules.safetensors"
 ADAPTER_FILE = "noise_adapter.safetensors"
+ANIMATEDIFF_TRAINED_FRAMES = 16  # AnimateDiff's SD 1.5 motion modules (v1-4, v1-5, v1-5-2) train on 16-frame clips
 
 
 @dataclass
@@ -41,6 +43,7 @@ class MotionWeights:
     noise_adapter: dict[str, torch.Tensor] | None = None
     source: str = ""
     source_format: str = ""  # "nadm", "diffusers-motion-adapter" or "animatediff-original"
+    trained_frames: int | None = None  # training clip length (default context window); None: not recorded
 
 
 def save_checkpoint(
@@ -50,6 +53,7 @@ def save_checkpoint(
     noise_adapter: dict[str, torch.Tensor] | None = None,
     extra: dict | None = None,
     overwrite: bool = False,
+    trained_frames: int | None = None,
 ) -> Path:
     """Write an NADM checkpoint folder atomically (a temporary folder renamed into place)."""
     from safetensors.torch import save_file
@@ -62,6 +66,8 @@ def save_checkpoint(
     with staged_folder(path, overwrite) as tmp:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nadm_version": __version__, "kind": config.kind}
         meta["config"] = to_dict(config)
+        if trained_frames is not None:
+            meta["trained_frames"] = int(trained_frames)
         if extra:
             meta.update(extra)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -102,7 +108,22 @@ def load_checkpoint(path: str | Path) -> MotionWeights:
     if not (path / MOTION_FILE).is_file():
         raise NADMError(f"{path} has no {MOTION_FILE}")
     adapter = read_weights(path / ADAPTER_FILE) if (path / ADAPTER_FILE).is_file() else None
-    return MotionWeights(config, read_weights(path / MOTION_FILE), adapter, str(path), "nadm")
+    weights = MotionWeights(config, read_weights(path / MOTION_FILE), adapter, str(path), "nadm")
+    weights.trained_frames = _trained_frames(meta, path)
+    return weights
+
+
+def _trained_frames(meta: dict, path: Path) -> int | None:
+    """The training clip length: `trained_frames`, else (checkpoints before that field) the exported training
+    config's `data.frames`, else None (the caller's stated fallback)."""
+    frames = meta.get("trained_frames")
+    if frames is None:
+        train = meta.get("train_config")
+        data = train.get("data") if isinstance(train, dict) else None
+        frames = data.get("frames") if isinstance(data, dict) else None
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 2):
+        raise NADMError(f"bad trained_frames {frames!r} in {path / 'config.json'}: expected an integer >= 2")
+    return frames
 
 
 # --- AnimateDiff original-format key conversion (our own mapping of the published layout) ---------------------
@@ -195,7 +216,7 @@ def load_motion_source(src: str | Path, heads_from: NADMConfig | None = None) ->
     if path.is_file():
         converted = convert_original_motion_state_dict(read_weights(path), base.motion_max_seq_length)
         config = _infer_original_config(converted, base)
-        return MotionWeights(config, converted, None, str(path), "animatediff-original")
+        return MotionWeights(config, converted, None, str(path), "animatediff-original", ANIMATEDIFF_TRAINED_FRAMES)
     # 3. diffusers MotionAdapter: a local folder or a hub id.
     if not path.exists() and (str(src).endswith((".ckpt", ".safetensors", ".pt", ".pth")) or str(src).startswith((".", "/"))):
         raise NADMError(f"motion weights not found: {src}")
@@ -211,7 +232,7 @@ def load_motion_source(src: str | Path, heads_from: NADMConfig | None = None) ->
         motion_max_seq_length=cfg.motion_max_seq_length,
         use_motion_mid_block=cfg.use_motion_mid_block,
     )
-    return MotionWeights(config, dict(adapter.state_dict()), None, str(src), "diffusers-motion-adapter")
+    return MotionWeights(config, dict(adapter.state_dict()), None, str(src), "diffusers-motion-adapter", ANIMATEDIFF_TRAINED_FRAMES)
 
 
 def _single(value, name: str) -> int:

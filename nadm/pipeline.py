@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from nadm.checkpoint import MotionWeights
     from nadm.config import NADMConfig
+    from nadm.sampling import TextSchedule, WindowSchedule
 
 DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
 SCHEDULERS = ("ddim", "dpm++", "euler")
@@ -199,7 +200,10 @@ class NADMPipeline:
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
         compile: str | None = None,
         progress: bool = True,
+        trained_frames: int | None = None,
     ):
+        from nadm.windows import DEFAULT_CONTEXT
+
         self.device, self.dtype, compile = check_options(scheduler, device, dtype, compile, cpu_offload, decode_chunk)
         self.video_unet, self.vae, self.text_encoder, self.tokenizer = video_unet, vae, text_encoder, tokenizer
         self.motion_config = motion_config
@@ -215,7 +219,8 @@ class NADMPipeline:
             vae.enable_tiling()
         else:
             vae.disable_tiling()
-        self.max_frames = int(video_unet.config.motion_max_seq_length)
+        self.max_frames = int(video_unet.config.motion_max_seq_length)  # position table: the longest context window
+        self.trained_frames = trained_frames or DEFAULT_CONTEXT  # training clip: the default context (nadm.windows)
         self.latent_channels = int(video_unet.config.in_channels)
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.compile_mode = None
@@ -247,6 +252,7 @@ class NADMPipeline:
         """
         from nadm.checkpoint import MotionWeights, load_motion_source
         from nadm.motion import build_video_unet
+        from nadm.windows import trained_frames
 
         # 1. options that need nothing loaded
         dev, torch_dtype, _ = check_options(scheduler, device, dtype, compile, cpu_offload, decode_chunk)
@@ -275,6 +281,7 @@ class NADMPipeline:
             video_unet, base_model.vae, base_model.text_encoder, base_model.tokenizer, weights.config,
             scheduler=scheduler, device=dev, dtype=torch_dtype, sources=sources, cpu_offload=cpu_offload,
             vae_slicing=vae_slicing, vae_tiling=vae_tiling, decode_chunk=decode_chunk, compile=compile, progress=progress,
+            trained_frames=trained_frames(weights),
         )  # fmt: skip
 
     def to(self, device=None, dtype=None) -> "NADMPipeline":
@@ -349,7 +356,7 @@ class NADMPipeline:
 
     def __call__(
         self,
-        prompt: str,
+        prompt: str | dict[int, str],
         negative_prompt: str | None = None,
         num_frames: int = 16,
         height: int = 512,
@@ -361,40 +368,68 @@ class NADMPipeline:
         flow: str = "dis",
         eta: float = 0.0,
         progress: bool | None = None,
+        context: int | None = None,
+        overlap: int | None = None,
+        loop: bool = False,
+        window_schedule: str | None = None,
+        window_batch: int | None = None,
+        travel_interp: str = "linear",
     ) -> VideoResult:
-        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
+        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on.
+
+        Long clips, loops and prompt travel (nadm.windows, nadm.travel): N > `context` frames (default: the motion
+        module's training clip) are denoised in windows overlapping by `overlap` (default C/4), `window_batch` per
+        UNet call; `loop` wraps the windows around and interpolates the pair (last, first) too; a `prompt` dict
+        `{frame: prompt}` travels between its key prompts (`travel_interp` 'linear' or 'slerp').
+        """
         import torch
 
-        # 1. check the request; draw a seed when none is given (it is recorded either way)
+        from nadm.loops import interpolate_keyframes
+        from nadm.sampling import OnePrompt
+        from nadm.travel import check_travel, describe, travel_schedule
+        from nadm.windows import plan_windows
+
+        # 1. check the request (the window plan bounds the frames, not the position table); draw a seed when none is
+        #    given (it is recorded either way)
         self._check_call(prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta)
-        request = dict(prompt=prompt, negative_prompt=negative_prompt or "", seed=seed, seed_drawn=seed is None,
-                       steps=steps, guidance=float(guidance), eta=float(eta))  # fmt: skip
+        plan = plan_windows(num_frames, self.trained_frames, self.max_frames, context, overlap, loop, window_schedule,
+                            window_batch)  # fmt: skip
+        travel = check_travel(prompt, num_frames, travel_interp) if isinstance(prompt, dict) else None
+        request = dict(prompt=prompt if travel is None else describe(travel), negative_prompt=negative_prompt or "",
+                       seed=seed, seed_drawn=seed is None, steps=steps, guidance=float(guidance), eta=float(eta),
+                       travel=None if travel is None else {"interpolation": travel_interp, "keys": len(travel)},
+                       loop=bool(loop), windows=plan.describe())  # fmt: skip
         request["seed"] = secrets.randbelow(2**32) if seed is None else int(seed)
         show = self.progress if progress is None else progress
         clock, timings = _Clock(self.device), {}
         with torch.inference_mode():
             # 2. text embeddings (b, 77, dim): b = 2 [negative, prompt] with guidance, else 1 [prompt]
-            if guidance > 1:  # classifier-free guidance needs the unconditional branch
-                text = self.encode_prompt([negative_prompt or "", prompt], ["negative prompt", "prompt"])
+            if travel is not None:  # per-frame text (b, f, 77, dim): each key prompt encoded once
+                text = travel_schedule(self.encode_prompt, travel, negative_prompt, guidance > 1, num_frames, loop,
+                                       travel_interp)  # fmt: skip
+            elif guidance > 1:  # classifier-free guidance needs the unconditional branch
+                text = OnePrompt(self.encode_prompt([negative_prompt or "", prompt], ["negative prompt", "prompt"]))
             else:
-                text = self.encode_prompt([prompt])
+                text = OnePrompt(self.encode_prompt([prompt]))
             timings["encode"] = clock.lap()
             # 3-4. z_T -> z_0 (the one denoising loop)
             shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
-            latents, scheduler = self.denoise(text, shape, steps, guidance, eta, request["seed"], show)
+            latents, scheduler = self.denoise(text, shape, steps, guidance, eta, request["seed"], show, plan)
             timings["denoise"] = clock.lap()
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
             keyframes = self.decode_latents(latents, show)
             timings["decode"] = clock.lap()
 
-        # 6. SOFP interpolation N -> 2N-1 (Sec. III-E), on the decoded RGB frames
+        # 6. SOFP interpolation N -> 2N-1 (2N for a loop; Sec. III-E), on the decoded RGB frames; T within C for long clips
         frames, interpolation = keyframes, None
         if interpolate:
-            from nadm.interpolate import SOFP_DEFAULTS, sofp
+            from nadm.interpolate import SOFP_DEFAULTS
 
-            frames = sofp(keyframes, flow=flow, progress=show)
+            window = plan.context if num_frames > plan.context else None
+            frames = interpolate_keyframes(keyframes, flow, loop, window, show)
             timings["interpolate"] = clock.lap()
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
+            interpolation.update(window=window, loop=bool(loop))
 
         # 7. everything needed to reproduce the clip
         settings = self._settings(request, scheduler, (height, width), len(keyframes), len(frames), interpolation)
@@ -402,27 +437,28 @@ class NADMPipeline:
 
     def _check_call(self, prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta) -> None:
         """Step 1 of `__call__`: InvalidRequest naming the first argument the sampler cannot honour."""
-        check_request(num_frames, height, width, steps, guidance, seed, interpolate, self.max_frames)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest("the prompt must be a non-empty string")
+        check_request(num_frames, height, width, steps, guidance, seed, interpolate)  # frame limit: the windows'
+        if not isinstance(prompt, dict) and (not isinstance(prompt, str) or not prompt.strip()):
+            raise InvalidRequest("the prompt must be a non-empty string (or a dict {frame: prompt} for prompt travel)")
         if not 0.0 <= eta <= 1.0:
             raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
         if eta != 0.0 and self.scheduler != "ddim":
             raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
 
     def denoise(
-        self, text: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float, eta: float, seed: int,
-        progress: bool = False,
+        self, text: TextSchedule, shape: tuple[int, ...], steps: int, guidance: float, eta: float, seed: int,
+        progress: bool = False, windows: WindowSchedule | None = None,
     ) -> tuple[torch.Tensor, SchedulerMixin]:
-        """z_T -> z_0 (Alg. 1, Eq. 4): per timestep one UNet pass over [negative, prompt], guidance, a sampler step.
+        """z_T -> z_0 (Alg. 1, Eq. 4): per timestep guided UNet passes over [negative, prompt] (in windows for long
+        clips), a sampler step; nadm.sampling's one loop.
 
-        text `(b, 77, dim)`, b = 2 with guidance; shape `(1, 4, f, h/8, w/8)`. Returns float32 z_0 and the sampler.
-        RunFailed when the latents end NaN/inf.
+        text: per-frame embeddings (nadm.sampling), b = 2 with guidance; shape `(1, 4, f, h/8, w/8)`. Returns float32
+        z_0 and the sampler. RunFailed when the latents end NaN/inf. windows None: one window of all frames.
         """
         import torch
 
         from nadm.motion import predict_noise
-        from nadm.sampling import OnePrompt, denoise
+        from nadm.sampling import all_frames, denoise
 
         # 3. z_T: noise from a CPU generator (the same seed gives the same noise on any device)
         scheduler = make_scheduler(self.scheduler)
@@ -432,12 +468,13 @@ class NADMPipeline:
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
 
-        # 4. the one denoising loop (nadm.sampling): guided UNet passes over [negative, prompt], sampler steps (fp32)
+        # 4. the one denoising loop (nadm.sampling): guided UNet passes, fused over windows, sampler steps (fp32)
         def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
             return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
 
         with self._on_device(self.video_unet):
-            latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=progress)
+            latents = denoise(unet, scheduler, latents, text, guidance, windows or all_frames, step_kwargs=step_kwargs,
+                              progress=progress, window_batch=getattr(windows, "window_batch", 1))  # fmt: skip
         if not torch.isfinite(latents).all():
             dtype = str(self.dtype).removeprefix("torch.")
             hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"

@@ -82,19 +82,46 @@ def fused_noise(
     windows: list[Window],
     text: TextSchedule,
     guidance: float,
+    window_batch: int = 1,
+    done: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Guided noise prediction `(1, c, f, h, w)` for the whole clip, fused over windows with their weights."""
+    """Guided noise prediction `(1, c, f, h, w)` for the whole clip, fused over windows with their weights.
+
+    Up to `window_batch` consecutive windows of one length share a UNet call (batch `b * k`, b-major: all windows'
+    negatives, then all prompts); `done(k)` is told after each call how many windows it ran.
+    """
     b = 1 + (guidance > 1)
     if len(windows) == 1 and windows[0].frames == tuple(range(latents.shape[2])):  # one window: no fusion arithmetic
-        return guided(unet(torch.cat([latents] * b), t, text(windows[0].frames)), guidance)
+        eps = guided(unet(torch.cat([latents] * b), t, text(windows[0].frames)), guidance)
+        if done is not None:
+            done(1)
+        return eps
     eps = torch.zeros_like(latents)
-    for window in windows:
-        index = torch.tensor(window.frames, device=latents.device)
-        part = latents.index_select(2, index)  # (1, c, len(window), h, w)
-        eps_w = guided(unet(torch.cat([part] * b), t, text(window.frames)), guidance)
-        weights = window.weights.to(eps.device, eps.dtype).view(1, 1, -1, 1, 1)
-        eps.index_add_(2, index, eps_w * weights)
+    for group in _window_groups(windows, window_batch):
+        k, f = len(group), len(group[0].frames)
+        index = torch.tensor([i for window in group for i in window.frames], device=latents.device)
+        # (1, c, k*f, h, w) -> (k, c, f, h, w): the windows as a batch
+        part = latents.index_select(2, index)[0].unflatten(1, (k, f)).transpose(0, 1)
+        text_in = torch.stack([text(window.frames) for window in group], dim=1).flatten(0, 1)  # (b*k, ...) b-major
+        eps_w = guided(unet(torch.cat([part] * b), t, text_in), guidance)  # (k, c, f, h, w)
+        weights = torch.stack([window.weights for window in group]).to(eps.device, eps.dtype).view(k, 1, f, 1, 1)
+        eps.index_add_(2, index, (eps_w * weights).transpose(0, 1).flatten(1, 2)[None])
+        if done is not None:
+            done(k)
     return eps
+
+
+def _window_groups(windows: list[Window], size: int) -> list[list[Window]]:
+    """Consecutive windows in groups of at most `size`, each group of one window length (one UNet batch)."""
+    if size < 1:
+        raise ValueError(f"window_batch must be >= 1, got {size}")
+    groups: list[list[Window]] = []
+    for window in windows:
+        if groups and len(groups[-1]) < size and len(groups[-1][0].frames) == len(window.frames):
+            groups[-1].append(window)
+        else:
+            groups.append([window])
+    return groups
 
 
 def denoise(
@@ -107,19 +134,24 @@ def denoise(
     holds: Sequence[Hold] = (),
     step_kwargs: dict | None = None,
     progress: bool = True,
+    window_batch: int = 1,
 ) -> torch.Tensor:
     """z_T -> z_0 (Alg. 1): per timestep, fused guided noise over the windows, a sampler step (Eq. 4), then the holds.
 
     `unet(model_in, t, text) -> eps` takes `(b, c, f', h, w)` scaled latents; `latents` are the float32 sampler
-    state at the noise level of `scheduler.timesteps[0]`.
+    state at the noise level of `scheduler.timesteps[0]`. One progress bar counts steps x windows; up to
+    `window_batch` windows share a UNet call.
     """
     steps = scheduler.timesteps
+    plan = [windows(i, latents.shape[2]) for i in range(len(steps))]
+    unit = "step" if all(len(w) == 1 for w in plan) else "window"
     for hold in holds:  # held content enters at the starting noise level
         latents = hold(latents, scheduler, 0)
-    for i, t in enumerate(tqdm(steps, desc="denoising", disable=not progress, leave=False)):
-        model_in = scheduler.scale_model_input(latents, t)
-        eps = fused_noise(unet, model_in, t, windows(i, latents.shape[2]), text, guidance).float()
-        latents = scheduler.step(eps, t, latents, **(step_kwargs or {})).prev_sample  # fp32 sampler state
-        for hold in holds:
-            latents = hold(latents, scheduler, i + 1)
+    with tqdm(total=sum(map(len, plan)), desc="denoising", unit=unit, disable=not progress, leave=False) as bar:
+        for i, t in enumerate(steps):
+            model_in = scheduler.scale_model_input(latents, t)
+            eps = fused_noise(unet, model_in, t, plan[i], text, guidance, window_batch, bar.update).float()
+            latents = scheduler.step(eps, t, latents, **(step_kwargs or {})).prev_sample  # fp32 sampler state
+            for hold in holds:
+                latents = hold(latents, scheduler, i + 1)
     return latents

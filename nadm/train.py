@@ -607,7 +607,7 @@ def _write_contents(run: Run, folder: Path) -> None:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
         motion, adapter = _split(export)
         extra = {"step": run.step, "ema": run.ema is not None, "train_config": run.cfg.to_dict()}
-        save_checkpoint(folder / EXPORT, run.cfg.model, motion, adapter, extra=extra)
+        save_checkpoint(folder / EXPORT, run.cfg.model, motion, adapter, extra=extra, trained_frames=run.cfg.data.frames)
         save_train_config(run.cfg, folder / RUN_CONFIG)
 
 

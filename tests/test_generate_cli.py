@@ -97,7 +97,7 @@ FLAGS = ("--no-overwrite", "--cpu-offload")  # options without a value
     ("height", ["--height", "36"], "height must be a positive multiple of 8 (the VAE downsamples by 8), got 36"),
     ("width", ["--width", "100"], "width must be a positive multiple of 8"),
     ("few frames", ["--frames", "1"], "frames must be at least 2, got 1"),
-    ("many frames", ["--frames", "33"], "frames must be at most 32, the motion module's position-encoding length, got 33"),
+    ("long context", ["--context", "33"], "context must be at most 32, the motion module's position-encoding length, got 33"),
     ("extension", ["-o", "{tmp}/clip.avi"], "unsupported output extension '.avi'"),
     ("exists", ["--no-overwrite"], "already exists: pass --overwrite to replace it"),
     ("base file", ["--base", f"{MISSING}/model.safetensors"], f"base checkpoint not found: {MISSING}/model.safetensors"),

@@ -157,7 +157,7 @@ def test_schedulers_use_the_paper_schedule_whatever_the_base_folder_says(tiny, p
     (dict(width=0), "width must be a positive multiple of 8"),
     (dict(height=8), "height must be at least 16 for interpolation"),
     (dict(num_frames=1), "frames must be at least 2"),
-    (dict(num_frames=33), "frames must be at most 32"),
+    (dict(context=33), "context must be at most 32"),  # issue 15: N > 32 frames run in windows of C <= 32
     (dict(steps=0), "steps must be an integer from 1 to 1000"),
     (dict(steps=1001), "steps must be an integer from 1 to 1000"),
     (dict(eta=1.5), "eta must be in [0, 1]"),

@@ -20,6 +20,8 @@ import click
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
 from nadm.errors import NADMError
 from nadm.pipeline import BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_request
+from nadm.travel import INTERPOLATIONS, travel_keys
+from nadm.windows import DEFAULT_SCHEDULE, SCHEDULES, check_window_options
 
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]
 PATTERN_FIELDS = ("i", "slug")  # placeholders an --prompts output pattern may use
@@ -81,7 +83,8 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Generate one clip per line of FILE (blank and '#' lines skipped) instead of PROMPT.")
 @click.option("--negative", default="", help="Negative prompt (the unconditional branch of guidance).")
-@click.option("--frames", type=int, default=16, show_default=True, help="Frames to generate, N (2N-1 after interpolation).")
+@click.option("--frames", type=int, default=16, show_default=True,
+              help="Frames to generate, N (2N-1 after interpolation, 2N with --loop); beyond --context in windows.")
 @click.option("--height", type=int, default=512, show_default=True, help="Height in pixels, a multiple of 8.")
 @click.option("--width", type=int, default=512, show_default=True, help="Width in pixels, a multiple of 8.")
 @click.option("--steps", type=int, default=25, show_default=True, help="Sampling steps (paper: 25).")
@@ -106,21 +109,38 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--cpu-offload", is_flag=True, help="Keep weights on the CPU; move each model to the device only for its stage.")
 @click.option("--compile", "compile_mode", type=click.Choice(["off", *COMPILE_MODES]), default="off", show_default=True,
               help="torch.compile the UNet: faster sampling after a slow first clip; reduce-overhead adds CUDA graphs.")
+@click.option("--context", type=int, metavar="C",
+              help="Frames the UNet sees together; longer clips run in overlapping windows of C  [default: the motion "
+                   "module's training clip: 16 for AnimateDiff, recorded in NADM checkpoints].")
+@click.option("--overlap", type=int, metavar="O", help="Frames shared by neighbouring windows  [default: C/4].")
+@click.option("--windows", "window_schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
+              help="Window schedule: the same windows every step (static) or shifted each step (shifting).")
+@click.option("--window-batch", type=int, metavar="K", help="Windows per UNet call  [default: 16/C, at least 1].")
+@click.option("--loop", is_flag=True, help="A seamless loop: windows wrap around, interpolation fills (last, first).")
+@click.option("--travel", "travel_items", multiple=True, metavar="'F: PROMPT'",
+              help="Prompt travel instead of PROMPT: the prompt at frame F (repeatable, frames increasing).")
+@click.option("--travel-file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Prompt travel from a YAML/JSON file: FRAME: PROMPT lines (a mapping) or [{frame, prompt}, ...].")
+@click.option("--travel-interp", type=click.Choice(INTERPOLATIONS), default="linear", show_default=True,
+              help="Text embeddings between travel keys: linear or spherical (slerp).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
              base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
-             compile_mode, overwrite, quiet) -> None:  # fmt: skip
+             compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items, travel_file,
+             travel_interp, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
     from nadm.io import check_output_path, read_sidecar
 
     # 1. everything that can be checked without loading a model
-    if (prompt is None) == (prompts_file is None):
-        raise NADMError("give a PROMPT or --prompts FILE (one of the two)")
-    prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
-    if not all(p.strip() for p in prompts):
+    travel = travel_keys(travel_items, travel_file, frames, travel_interp)
+    if (prompt is not None) + (prompts_file is not None) + (travel is not None) != 1:
+        raise NADMError("give a PROMPT, --prompts FILE or --travel/--travel-file (one of the three)")
+    prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt if travel is None else travel]
+    if travel is None and not all(p.strip() for p in prompts):
         raise NADMError("the prompt is empty")
     check_request(frames, height, width, steps, guidance, seed, interpolate)
+    check_window_options(frames, context, overlap, loop, window_schedule, window_batch)
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise NADMError(f"--fps must be a positive number, got {fps}")
     lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
@@ -133,13 +153,15 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
     from nadm.checkpoint import load_motion_source
     from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype, save_result
+    from nadm.windows import plan_windows, trained_frames
 
     resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
     if motion is None:
         note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
     with quiet_loading():
         weights = load_motion_source(motion or DEFAULT_MOTION)
-    check_request(frames, height, width, steps, guidance, seed, interpolate, weights.config.motion_max_seq_length)
+    windows = dict(context=context, overlap=overlap, loop=loop, schedule=window_schedule, window_batch=window_batch)
+    plan_windows(frames, trained_frames(weights), weights.config.motion_max_seq_length, **windows)  # C fits the table
     pipe = NADMPipeline.from_pretrained(
         base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
         cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
@@ -151,7 +173,9 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     for text, path in zip(prompts, paths):
         start = time.perf_counter()
         result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
-                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow)  # fmt: skip
+                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow, context=context, overlap=overlap,
+                      loop=loop, window_schedule=window_schedule, window_batch=window_batch,
+                      travel_interp=travel_interp)  # fmt: skip
         written = save_result(result, path, fps=fps or result.fps, overwrite=overwrite)
         rate = read_sidecar(written)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
         click.echo(

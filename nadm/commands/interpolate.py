@@ -27,6 +27,8 @@ MAX_FRAMES = 2000  # output frames made without --force (16 frames --times 6 mak
               help="Repeat the doubling K times: N frames -> 2^K (N - 1) + 1.")
 @click.option("--window", type=click.IntRange(min=1), default=None,
               help="sofp only: frame T for pair t is min(t + W, N - 1)  [default: the clip's last frame].")
+@click.option("--loop", is_flag=True,
+              help="IN is a loop: also fill the pair (last, first), N frames -> 2^K N (GIF/WebP loop forever anyway).")
 @click.option("--keep-fps", is_flag=True, help="Keep the input fps (slow motion) instead of doubling it per pass.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (and its .json sidecar) if nadm wrote it.")
 @click.option("--force", is_flag=True, help=f"Make more than {MAX_FRAMES} output frames (refused without it).")
@@ -38,6 +40,7 @@ def interpolate(
     dis_preset: str | None,
     times_: int,
     window: int | None,
+    loop: bool,
     keep_fps: bool,
     overwrite: bool,
     force: bool,
@@ -45,6 +48,7 @@ def interpolate(
     """Insert frames between the frames of IN (a video, GIF, or folder of images) and write OUT."""
     from nadm import interpolate as interp
     from nadm.io import check_output_path, read_sidecar, read_video, write_video
+    from nadm.loops import interpolate_loop
 
     # 1. option consistency and the output path, before any expensive work
     if method == "crossfade" and flow is not None:
@@ -61,7 +65,7 @@ def interpolate(
         frames = interp.check_clip(frames)
     except ValueError as e:
         raise NADMError(f"{input_path}: {e}") from e
-    check_frame_count(frames.shape, times_, force)
+    check_frame_count(frames.shape, times_, force, loop)
 
     # 3. interpolate
     options: dict = {}
@@ -72,7 +76,10 @@ def interpolate(
     if method == "sofp":
         options["window"] = window
     try:
-        result = interp.times(frames, times_, method=method, **options)
+        if loop:
+            result = interpolate_loop(frames, times_, method, **options)
+        else:
+            result = interp.times(frames, times_, method=method, **options)
     except ValueError as e:
         raise NADMError(str(e)) from e
 
@@ -84,6 +91,7 @@ def interpolate(
         "flow": flow,
         "times": times_,
         "window": window,
+        "loop": loop,
         "keep_fps": keep_fps,
         "input": str(Path(input_path).resolve()),
         "fps_in": fps_in,
@@ -95,16 +103,16 @@ def interpolate(
         settings["sofp"] = dict(interp.SOFP_DEFAULTS)
     if flow == "dis":
         settings["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
-    write_video(result, out, fps_out, metadata={"interpolation": settings}, overwrite=overwrite)
+    write_video(result, out, fps_out, metadata={"interpolation": settings, "loop": loop}, overwrite=overwrite)
     written = read_sidecar(out)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
     click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {written:g} fps ({method})")
 
 
-def check_frame_count(shape: tuple[int, ...], times: int, force: bool) -> int:
-    """The output frame count of `times` doublings of a `(N, H, W, 3)` clip, 2^K (N - 1) + 1; NADMError above
-    MAX_FRAMES unless forced, saying the count and the memory the frames take."""
+def check_frame_count(shape: tuple[int, ...], times: int, force: bool, loop: bool = False) -> int:
+    """The output frame count of `times` doublings of a `(N, H, W, 3)` clip, 2^K (N - 1) + 1 (a loop: 2^K N);
+    NADMError above MAX_FRAMES unless forced, saying the count and the memory the frames take."""
     n, h, w = shape[:3]
-    count = 2**times * (n - 1) + 1
+    count = 2**times * n if loop else 2**times * (n - 1) + 1
     if count > MAX_FRAMES and not force:
         gib = count * h * w * 3 / 2**30
         raise NADMError(

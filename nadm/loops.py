@@ -1,0 +1,33 @@
+"""Seamless loops after decoding (issue 15): SOFP interpolation (Sec. III-E) that also fills the wrap pair.
+
+A looping clip's last frame leads into its first, so interpolation treats (last, first) as one more pair: the clip
+is interpolated with its first frame appended and the duplicate dropped again, N frames -> 2N (2^k N after k
+doublings), the wrap frame last. Built on the public `nadm.interpolate.times`, so SOFP's internals stay its own.
+(The denoising side of a loop is the ring windows of `nadm.windows`.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def interpolate_loop(frames: np.ndarray, k: int = 1, method: str = "sofp", **options: Any) -> np.ndarray:
+    """Double a looping clip k times, the pair (last, first) included: `(N, H, W, 3)` -> `(2^k N, H, W, 3)`."""
+    from nadm.interpolate import check_clip, times
+
+    frames = check_clip(frames)
+    ring = np.concatenate([frames, frames[:1]])  # (N + 1, ...): the first frame again after the last
+    return times(ring, k, method, **options)[:-1]  # 2^k N + 1 frames, the repeated first frame dropped
+
+
+def interpolate_keyframes(
+    keyframes: np.ndarray, flow: Any = "dis", loop: bool = False, window: int | None = None, progress: bool | None = None
+) -> np.ndarray:
+    """SOFP for generated frames: N -> 2N-1, or 2N for a loop; `window`: SOFP's T = t + window (long clips: C)."""
+    from nadm.interpolate import sofp
+
+    if loop:
+        return interpolate_loop(keyframes, 1, "sofp", flow=flow, window=window, progress=progress)
+    return sofp(keyframes, flow=flow, window=window, progress=progress)
