@@ -174,6 +174,13 @@ def check_compile(mode: str | None, cpu_offload: bool = False) -> str | None:
     return mode
 
 
+def check_motion_scale(scale: float) -> float:
+    """A finite motion scale >= 0: how much of the motion modules' output is added (1: as trained; 0: SD per frame)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise InvalidRequest(f"motion scale must be a finite number >= 0, got {scale}")
+    return float(scale)
+
+
 def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
     """A LoraSpec from a LoraSpec, a 'FILE[:SCALE]' string or a (path, scale) pair."""
     if isinstance(item, LoraSpec):
@@ -389,6 +396,46 @@ class NADMPipeline:
                 chunks.append(images.permute(0, 2, 3, 1).cpu().numpy())  # (k, H, W, 3)
         return np.concatenate(chunks)
 
+    def encode_frames(self, frames: np.ndarray):
+        """frames `(n, H, W, 3) uint8` -> z_0 `(1, 4, n, h, w)` float32: the VAE posterior's mean, scaled (deterministic)."""
+        import torch
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (n, height, width, 3) uint8, got {frames.shape} {frames.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (n, 3, H, W)
+        with self._on_device(self.vae):
+            x = x.to(self.device, self.dtype) / 127.5 - 1
+            z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor  # (n, 4, h, w)
+        return z.float().permute(1, 0, 2, 3).unsqueeze(0)  # (1, 4, n, h, w): frames on axis 2
+
+    def animate(
+        self,
+        image,
+        prompt: str | None = None,
+        still=None,
+        fit: str = "crop",
+        strength: float = 1.0,
+        color_anchor: bool = True,
+        loop: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        feather: int | None = None,
+        **kwargs,
+    ) -> VideoResult:
+        """Bring a still painting to life: frame 0 is `image` fitted to the output exactly (nadm.animate).
+
+        image/still: a path, PIL image or uint8 array (still: white = held still in every frame). Size: the image's
+        aspect ratio with the long side 512 unless given; fit 'crop', 'pad' or 'stretch'. strength < 1: frames stay
+        nearer the painting (SDEdit). feather: the still regions' blend width in pixels (None: 16). Without a prompt,
+        `nadm.animate.DEFAULT_PROMPT`. Other arguments as `__call__`.
+        """
+        from nadm.animate import DEFAULT_PROMPT, FEATHER, PaintingCondition, prepare_painting
+
+        painting = prepare_painting(image, still, fit, height, width)
+        condition = PaintingCondition(painting, strength, color_anchor, loop, FEATHER if feather is None else feather)
+        h, w = painting.size
+        return self(DEFAULT_PROMPT if prompt is None else prompt, height=h, width=w, condition=condition, **kwargs)
+
     def __call__(
         self,
         prompt: str,
@@ -403,13 +450,19 @@ class NADMPipeline:
         flow: str = "dis",
         eta: float = 0.0,
         progress: bool | None = None,
+        motion_scale: float = 1.0,
+        condition=None,
     ) -> VideoResult:
-        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on."""
+        """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on.
+
+        motion_scale scales the motion modules' output (0: SD's frames without temporal mixing). condition: None for
+        text-to-video, or the pieces `animate` builds (a `nadm.animate.PaintingCondition`).
+        """
         import torch
 
         from nadm.config import to_dict
         from nadm.io import environment_versions
-        from nadm.motion import predict_noise
+        from nadm.motion import predict_noise, scaled_motion
         from nadm.sampling import OnePrompt, denoise
 
         # 1. check the request; draw a seed when none is given (it is recorded either way)
@@ -420,6 +473,7 @@ class NADMPipeline:
             raise InvalidRequest(f"eta must be in [0, 1] (0: deterministic DDIM), got {eta}")
         if eta != 0.0 and self.scheduler != "ddim":
             raise InvalidRequest(f"eta applies to DDIM only, not to {self.scheduler}")
+        motion_scale = check_motion_scale(motion_scale)
         seed_drawn = seed is None
         seed = secrets.randbelow(2**32) if seed is None else int(seed)
         show = self.progress if progress is None else progress
@@ -436,16 +490,19 @@ class NADMPipeline:
             scheduler.set_timesteps(steps, device=self.device)
             generator = torch.Generator("cpu").manual_seed(seed)
             shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-            latents = latents * scheduler.init_noise_sigma
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+            latents, start, holds = noise * scheduler.init_noise_sigma, 0, ()
+            if condition is not None:  # a painting: its start latents and hold (nadm.animate)
+                latents, start, holds = condition.start(self, scheduler, noise, latents)
             step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
 
             # 4. denoise z_T -> z_0: per timestep one UNet pass over [negative, prompt], CFG, sampler step (Eq. 4)
             def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
                 return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
 
-            with self._on_device(self.video_unet):
-                latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, step_kwargs=step_kwargs, progress=show)
+            with self._on_device(self.video_unet), scaled_motion(self.video_unet, motion_scale):
+                latents = denoise(unet, scheduler, latents, OnePrompt(text), guidance, holds=holds,
+                                  step_kwargs=step_kwargs, progress=show, start=start)  # fmt: skip
             if not torch.isfinite(latents).all():
                 dtype = str(self.dtype).removeprefix("torch.")
                 hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"
@@ -454,6 +511,8 @@ class NADMPipeline:
 
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
             keyframes = self.decode_latents(latents, show)
+            if condition is not None:  # colour anchoring; the painting's pixels composited back exactly
+                keyframes = condition.finish(keyframes, range(1, len(keyframes)))
             timings["decode"] = clock.lap()
 
         # 6. SOFP interpolation N -> 2N-1 (Sec. III-E), on the decoded RGB frames
@@ -462,6 +521,8 @@ class NADMPipeline:
             from nadm.interpolate import SOFP_DEFAULTS, sofp
 
             frames = sofp(keyframes, flow=flow, progress=show)
+            if condition is not None:  # the new in-between frames too
+                frames = condition.finish(frames, range(1, len(frames), 2))
             timings["interpolate"] = clock.lap()
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
 
@@ -481,6 +542,8 @@ class NADMPipeline:
             "keyframes": int(len(keyframes)),
             "frames_out": int(len(frames)),
             "interpolation": interpolation,
+            "motion_scale": motion_scale,
+            **(condition.settings() if condition is not None else {}),
             **self.sources,
             "motion_config": to_dict(self.motion_config),
             "device": str(self.device),

@@ -107,16 +107,21 @@ def denoise(
     holds: Sequence[Hold] = (),
     step_kwargs: dict | None = None,
     progress: bool = True,
+    start: int = 0,
 ) -> torch.Tensor:
     """z_T -> z_0 (Alg. 1): per timestep, fused guided noise over the windows, a sampler step (Eq. 4), then the holds.
 
     `unet(model_in, t, text) -> eps` takes `(b, c, f', h, w)` scaled latents; `latents` are the float32 sampler
-    state at the noise level of `scheduler.timesteps[0]`.
+    state at the noise level of `scheduler.timesteps[start]` (clean when `start == len(timesteps)`). `start` > 0
+    skips the first timesteps (SDEdit: a partly noised image as the start); hold indices stay absolute. (Index-based
+    samplers, Euler and DPM-Solver, find their place from the first timestep they are given: timesteps are distinct.)
     """
     steps = scheduler.timesteps
+    if not 0 <= start <= len(steps):
+        raise ValueError(f"start must be in [0, {len(steps)}] (the number of timesteps), got {start}")
     for hold in holds:  # held content enters at the starting noise level
-        latents = hold(latents, scheduler, 0)
-    for i, t in enumerate(tqdm(steps, desc="denoising", disable=not progress, leave=False)):
+        latents = hold(latents, scheduler, start)
+    for i, t in enumerate(tqdm(steps[start:], desc="denoising", disable=not progress, leave=False), start):
         model_in = scheduler.scale_model_input(latents, t)
         eps = fused_noise(unet, model_in, t, windows(i, latents.shape[2]), text, guidance).float()
         latents = scheduler.step(eps, t, latents, **(step_kwargs or {})).prev_sample  # fp32 sampler state

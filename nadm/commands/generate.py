@@ -17,7 +17,9 @@ import click
 
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
 from nadm.errors import NADMError
-from nadm.pipeline import BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_request
+from nadm.pipeline import (
+    BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
+)  # fmt: skip
 
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]
 PATTERN_FIELDS = ("i", "slug")  # placeholders an --prompts output pattern may use
@@ -68,6 +70,42 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
     return paths
 
 
+# ------------------------------------------------------------------------------ shared with `nadm animate`
+
+
+def check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale) -> tuple[LoraSpec, ...]:
+    """The model, output-rate and motion options generate and animate share, checked without loading anything."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise NADMError(f"--fps must be a positive number, got {fps}")
+    check_motion_scale(motion_scale)
+    lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
+    check_base_source(base, base_config)
+    check_compile(compile_mode, cpu_offload)
+    return lora_specs
+
+
+def load_pipeline(request: dict, base, base_config, motion, lora_specs, device, dtype, scheduler, vae_slicing, vae_tiling,
+                  cpu_offload, compile_mode, quiet):  # fmt: skip
+    """Motion weights (small; they fix the frame limit, checked against `request`: check_request's arguments), then the
+    base and the video UNet."""
+    from nadm.checkpoint import load_motion_source
+    from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype
+
+    resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
+    if motion is None:
+        note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+    with quiet_loading():
+        weights = load_motion_source(motion or DEFAULT_MOTION)
+    check_request(**request, max_frames=weights.config.motion_max_seq_length)
+    pipe = NADMPipeline.from_pretrained(
+        base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
+        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
+    )  # fmt: skip
+    if pipe.compile_mode is not None and not quiet:
+        note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
+    return pipe
+
+
 # ----------------------------------------------------------------------------------------------- generate
 
 
@@ -92,6 +130,8 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
               help="For a single-file --base: a diffusers folder (or hub id) with the same architecture's configs.")
 @click.option("--motion", help=f"NADM checkpoint folder or AnimateDiff motion weights [default: {DEFAULT_MOTION}, the baseline].")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="LoRA fused into the base (repeatable; scale 1 by default).")
+@click.option("--motion-scale", type=float, default=1.0, show_default=True,
+              help="Scale of the motion modules' output: below 1 calmer, above 1 livelier; 0 = SD's frames without temporal mixing.")
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1 frames.")
 @click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
               help="Optical flow for interpolation (raft needs torchvision).")
@@ -107,8 +147,8 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
-             base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
-             compile_mode, overwrite, quiet) -> None:  # fmt: skip
+             base_config, motion, loras, motion_scale, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling,
+             cpu_offload, compile_mode, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
     from nadm.io import check_output_path
 
@@ -118,38 +158,24 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
     if not all(p.strip() for p in prompts):
         raise NADMError("the prompt is empty")
-    check_request(frames, height, width, steps, guidance, seed, interpolate)
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise NADMError(f"--fps must be a positive number, got {fps}")
-    lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
-    check_base_source(base, base_config)
-    check_compile(compile_mode, cpu_offload)
+    request = dict(num_frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed, interpolate=interpolate)
+    check_request(**request)
+    lora_specs = check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale)
     # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
     paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
     paths = [check_output_path(path, overwrite) for path in paths]
 
     # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
-    from nadm.checkpoint import load_motion_source
-    from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype, save_result
+    from nadm.pipeline import save_result
 
-    resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
-    if motion is None:
-        note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
-    with quiet_loading():
-        weights = load_motion_source(motion or DEFAULT_MOTION)
-    check_request(frames, height, width, steps, guidance, seed, interpolate, weights.config.motion_max_seq_length)
-    pipe = NADMPipeline.from_pretrained(
-        base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
-        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
-    )  # fmt: skip
-    if pipe.compile_mode is not None and not quiet:
-        note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
+    pipe = load_pipeline(request, base, base_config, motion, lora_specs, device, dtype, scheduler, vae_slicing, vae_tiling,
+                         cpu_offload, compile_mode, quiet)  # fmt: skip
 
     # 4. generate and write each clip
     for text, path in zip(prompts, paths):
         start = time.perf_counter()
         result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
-                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow)  # fmt: skip
+                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow, motion_scale=motion_scale)  # fmt: skip
         rate = fps or result.fps
         written = save_result(result, path, fps=rate, overwrite=overwrite)
         click.echo(
