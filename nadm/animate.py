@@ -148,12 +148,17 @@ def _rgb(lab_frame: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(cv2.cvtColor(lab_frame, cv2.COLOR_Lab2RGB) * 255.0), 0, 255).astype(np.uint8)
 
 
-def anchor_colours(frame: np.ndarray, reference: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Match one frame's per-channel Lab mean and spread over `region` to the reference frame's (colour anchoring)."""
-    target = lab(reference)[region]  # (n, 3)
-    mean, spread = target.mean(axis=0), target.std(axis=0)
+def colour_statistics(frame: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel Lab mean and standard deviation `(3,)`, `(3,)` of a frame's pixels in `region` `(H, W) bool`."""
+    values = lab(frame)[region]  # (n, 3)
+    return values.mean(axis=0), values.std(axis=0)
+
+
+def anchor_colours(frame: np.ndarray, target: tuple[np.ndarray, np.ndarray], region: np.ndarray) -> np.ndarray:
+    """Match one frame's per-channel Lab mean and spread over `region` to `target` (frame 0's): colour anchoring."""
+    mean, spread = target
     out = frame
-    for _ in range(ANCHOR_PASSES):
+    for _ in range(ANCHOR_PASSES):  # later passes correct what clipping to the RGB gamut moved
         current = lab(out)
         values = current[region]
         if np.abs(values.mean(axis=0) - mean).max() <= ANCHOR_TOLERANCE:
@@ -211,13 +216,13 @@ class PaintingCondition:
             raise ValueError(f"frames {frames.shape} do not match the painting {self.painting.pixels.shape}")
         reference = self.painting.pixels
         moving = self.alpha == 0
+        anchor = self.color_anchor and moving.any()
+        target = colour_statistics(reference, moving) if anchor else None
         alpha = self.alpha[:, :, None]
         out = frames.copy()
         out[0] = reference
         for i in new:
-            frame = out[i]
-            if self.color_anchor and moving.any():
-                frame = anchor_colours(frame, reference, moving)
+            frame = anchor_colours(out[i], target, moving) if anchor else out[i]
             # exact where alpha is 0 or 1: 1 * x + 0 * y == x in floating point
             out[i] = np.rint(alpha * reference + (1.0 - alpha) * frame).astype(np.uint8)
         return out
