@@ -2,18 +2,21 @@
 
 Both run the one denoising loop; animating adds reading and fitting the painting, one VAE encode, the hold after
 every sampler step, and colour anchoring + compositing after decoding. This script times, in one run with the runs
-of the variants interleaved (median of `--repeats` after one warm-up each):
+of the variants interleaved (`--repeats` runs of each after one warm-up):
 
 1. text-to-video, `pipe(prompt, ...)`;
 2. `pipe.animate(painting, prompt, ...)`; and with a still mask (the left third held);
-3. the parts animate adds, each on its own: reading + fitting the painting, encoding it, finishing the frames.
+3. the parts animate adds, each on its own: reading + fitting the painting, encoding it and the holds of every step,
+   colour anchoring and compositing the frames.
+
+Whole clips count the fastest of the interleaved repeats (load only ever adds time), parts the median.
 
     python benchmarks/animate.py                 # tiny random models on the CPU -> benchmarks/results/animate.md/.json
     python benchmarks/animate.py --sd15          # SD 1.5's architecture with random weights, on CUDA (bf16)
 
 The painting is a real album leaf from ../shared/data/paintings (the script stops when it is absent). With the tiny
 models only the ratios mean something, and only for tiny models: their UNet is a much smaller share of the work
-than SD 1.5's, so the fixed costs of animating weigh more here than they will on the real model.
+than SD 1.5's, so the fixed costs of animating should weigh more here than on the real model (not measured).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def bench(pipe, s: Setting, mask: Path, device: str, repeats: int) -> dict:
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(timed(fn, device))
-    seconds = {name: statistics.median(t) for name, t in times.items()}
+    seconds = {name: min(t) for name, t in times.items()}  # the least disturbed run: load only ever adds time
     base = seconds["text-to-video"]
     parts = bench_parts(pipe, s, mask, device, repeats)
     return {"setting": asdict(s), "seconds": seconds, "extra": {k: v / base - 1 for k, v in seconds.items()},
@@ -144,8 +147,8 @@ def report(results: dict) -> str:
         f"Machine: {meta['machine']}. Device: {meta['device']}, {meta['dtype']}.",
         "Libraries: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v),
         f"Models: {'SD 1.5 published architecture, random weights (nadm.sd15)' if meta['sd15'] else 'tiny random stand-ins (nadm.tiny)'}; "
-        f"painting {meta['painting']}; DDIM, 25 steps, guidance 8, seed 0; median of {meta['repeats']} interleaved runs after a "
-        f"warm-up{'' if meta['device'].startswith('cuda') else '; one thread, seconds of CPU time (the machine is shared)'}.",
+        f"painting {meta['painting']}; DDIM, 25 steps, guidance 8, seed 0; whole clips: the fastest of {meta['repeats']} "
+        f"interleaved runs after a warm-up, parts: the median{'' if meta['device'].startswith('cuda') else '; one thread, seconds of CPU time (the machine is shared)'}.",
         "",
         "Whole clips (seconds), and what animating adds, each part timed alone:",
         "",

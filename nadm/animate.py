@@ -180,6 +180,7 @@ class PaintingCondition:
         if not isinstance(feather, (int, np.integer)) or feather < 0:
             raise InvalidRequest(f"feather must be a whole number of pixels >= 0, got {feather}")
         self.painting, self.strength, self.color_anchor, self.feather = painting, float(strength), bool(color_anchor), int(feather)
+        self.loop = bool(loop)
         # strength 0: nothing may depart from the painting, so all of it is still
         self.still = np.ones_like(painting.still) if strength == 0 else painting.still
         self.alpha = feathered(self.still, self.feather)  # (H, W) float32: 1 = input pixels
@@ -238,7 +239,7 @@ class PaintingCondition:
                 "strength": self.strength,
                 "start_step": self.start_index,
                 "color_anchor": self.color_anchor,
-                "loop": False,
+                "loop": self.loop,
                 "feather": self.feather,
                 "still_fraction": round(float(self.still.mean()), 4),
             }
