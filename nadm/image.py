@@ -115,6 +115,8 @@ def read_picture(source, what: str = "image") -> Picture:
     h, w = pixels.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise NADMError(f"{what} {name} is {w}x{h}: both sides must be at least {MIN_SIDE} pixels")
+    if alpha is not None and (alpha < 0.5).all():
+        raise NADMError(f"{what} {name} is fully transparent")
     paper = paper_colour(pixels, alpha)
     if alpha is not None:  # composite on the paper: a cut-out scroll sits on its own paper, not on black
         a = alpha[:, :, None]

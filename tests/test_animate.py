@@ -158,11 +158,13 @@ def _bad_inputs(root: Path, leaf: Path) -> dict:
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
     frames[0].save(root / "pages.tif", save_all=True, append_images=frames[1:])
     Image.new("L", (100, 100), 255).save(root / "square-mask.png")
+    Image.new("RGBA", (100, 100), (255, 255, 255, 0)).save(root / "clear.png")
     return {
         "not an image": (root / "notes.jpg", None, "not an image, or damaged"),
         "damaged": (root / "cut.jpg", None, "not an image, or damaged"),
         "missing": (root / "nowhere.png", None, "image not found"),
         "too small": (root / "tiny.png", None, "is 60x200: both sides must be at least 64 pixels"),
+        "transparent": (root / "clear.png", None, "is fully transparent"),
         "animation": (root / "anim.gif", None, "has 2 frames (an animation or multi-page file)"),
         "multi-page": (root / "pages.tif", None, "has 2 frames (an animation or multi-page file)"),
         "mask aspect": (leaf, root / "square-mask.png", "draw the mask at the image's proportions"),
