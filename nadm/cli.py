@@ -14,6 +14,7 @@ from nadm.errors import NADMError, RunFailed
 COMMANDS = {
     "info": "nadm.commands.info:info",
     "generate": "nadm.commands.generate:generate",
+    "animate": "nadm.commands.animate:animate",
     "selftest": "nadm.commands.generate:selftest",
     "interpolate": "nadm.commands.interpolate:interpolate",
     "data": "nadm.commands.data:data",

@@ -12,6 +12,8 @@ Video layout everywhere: `(batch, channels, frames, height, width)`.
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -220,3 +222,26 @@ def predict_noise(
     # diffusers' UNetMotionModel wants one text embedding per frame: (b*f, tokens, dim), frame-major per video.
     text = text_embeddings.flatten(0, 1) if per_frame else text_embeddings.repeat_interleave(f, dim=0)
     return video_unet(latents, timesteps, encoder_hidden_states=text).sample
+
+
+def motion_output_layers(video_unet) -> list[nn.Module]:
+    """The output projection (`proj_out`) of every motion module: what each adds to its residual stream (Fig. 3)."""
+    return [m for name, m in video_unet.named_modules() if re.fullmatch(r".*motion_modules\.\d+\.proj_out", name)]
+
+
+@contextmanager
+def scaled_motion(video_unet, scale: float = 1.0):
+    """While open, every motion module adds `scale` times its output to the image features (1: as trained; 0: no
+    temporal mixing, SD's per-frame output). Forward hooks on the output projections, removed on exit."""
+    if scale == 1:
+        yield video_unet
+        return
+    layers = motion_output_layers(video_unet)
+    if not layers:
+        raise ValueError("the model has no motion-module output projections to scale")
+    handles = [layer.register_forward_hook(lambda module, args, output: output * scale) for layer in layers]
+    try:
+        yield video_unet
+    finally:
+        for handle in handles:
+            handle.remove()

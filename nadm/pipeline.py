@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from nadm.checkpoint import MotionWeights
     from nadm.config import NADMConfig
+    from nadm.animate import PaintingCondition
     from nadm.sampling import TextSchedule, WindowSchedule
 
 DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
@@ -149,6 +150,13 @@ def check_options(
     compile = check_compile(compile, cpu_offload)
     dev = resolve_device(device)
     return dev, resolve_dtype(dtype, dev), compile
+
+
+def check_motion_scale(scale: float) -> float:
+    """A finite motion scale >= 0: how much of the motion modules' output is added (1: as trained; 0: SD per frame)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise InvalidRequest(f"motion scale must be a finite number >= 0, got {scale}")
+    return float(scale)
 
 
 def _as_lora(item: LoraSpec | str | tuple) -> LoraSpec:
@@ -354,6 +362,46 @@ class NADMPipeline:
                 chunks.append(images.permute(0, 2, 3, 1).cpu().numpy())  # (k, H, W, 3)
         return np.concatenate(chunks)
 
+    def encode_frames(self, frames: np.ndarray):
+        """frames `(n, H, W, 3) uint8` -> z_0 `(1, 4, n, h, w)` float32: the VAE posterior's mean, scaled (deterministic)."""
+        import torch
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (n, height, width, 3) uint8, got {frames.shape} {frames.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (n, 3, H, W)
+        with self._on_device(self.vae):
+            x = x.to(self.device, self.dtype) / 127.5 - 1
+            z = self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor  # (n, 4, h, w)
+        return z.float().permute(1, 0, 2, 3).unsqueeze(0)  # (1, 4, n, h, w): frames on axis 2
+
+    def animate(
+        self,
+        image,
+        prompt: str | None = None,
+        still=None,
+        fit: str = "crop",
+        strength: float = 1.0,
+        color_anchor: bool = True,
+        loop: bool = False,
+        height: int | None = None,
+        width: int | None = None,
+        feather: int | None = None,
+        **kwargs,
+    ) -> VideoResult:
+        """Bring a still painting to life: frame 0 is `image` fitted to the output exactly (nadm.animate).
+
+        image/still: a path, PIL image or uint8 array (still: white = held still in every frame). Size: the image's
+        aspect ratio with the long side 512 unless given; fit 'crop', 'pad' or 'stretch'. strength < 1: frames stay
+        nearer the painting (SDEdit). feather: the still regions' blend width in pixels (None: 16). Without a prompt,
+        `nadm.animate.DEFAULT_PROMPT`. Other arguments as `__call__`.
+        """
+        from nadm.animate import DEFAULT_PROMPT, FEATHER, PaintingCondition, prepare_painting
+
+        painting = prepare_painting(image, still, fit, height, width)
+        condition = PaintingCondition(painting, strength, color_anchor, loop, FEATHER if feather is None else feather)
+        h, w = painting.size
+        return self(DEFAULT_PROMPT if prompt is None else prompt, height=h, width=w, loop=loop, condition=condition, **kwargs)
+
     def __call__(
         self,
         prompt: str | dict[int, str],
@@ -374,13 +422,17 @@ class NADMPipeline:
         window_schedule: str | None = None,
         window_batch: int | None = None,
         travel_interp: str = "linear",
+        motion_scale: float = 1.0,
+        condition: PaintingCondition | None = None,
     ) -> VideoResult:
         """Generate one clip (Alg. 1 inference, Sec. IV-A2); paper defaults: DDIM, 25 steps, guidance 8, SOFP on.
 
         Long clips, loops and prompt travel (nadm.windows, nadm.travel): N > `context` frames (default: the motion
         module's training clip) are denoised in windows overlapping by `overlap` (default C/4), `window_batch` per
         UNet call; `loop` wraps the windows around and interpolates the pair (last, first) too; a `prompt` dict
-        `{frame: prompt}` travels between its key prompts (`travel_interp` 'linear' or 'slerp').
+        `{frame: prompt}` travels between its key prompts (`travel_interp` 'linear' or 'slerp'). motion_scale scales
+        the motion modules' output (0: SD's frames without temporal mixing). condition: None for text-to-video, or
+        the pieces `animate` builds (a `nadm.animate.PaintingCondition`).
         """
         import torch
 
@@ -398,7 +450,7 @@ class NADMPipeline:
         request = dict(prompt=prompt if travel is None else describe(travel), negative_prompt=negative_prompt or "",
                        seed=seed, seed_drawn=seed is None, steps=steps, guidance=float(guidance), eta=float(eta),
                        travel=None if travel is None else {"interpolation": travel_interp, "keys": len(travel)},
-                       loop=bool(loop), windows=plan.describe())  # fmt: skip
+                       loop=bool(loop), windows=plan.describe(), motion_scale=check_motion_scale(motion_scale))  # fmt: skip
         request["seed"] = secrets.randbelow(2**32) if seed is None else int(seed)
         show = self.progress if progress is None else progress
         clock, timings = _Clock(self.device), {}
@@ -414,10 +466,13 @@ class NADMPipeline:
             timings["encode"] = clock.lap()
             # 3-4. z_T -> z_0 (the one denoising loop)
             shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
-            latents, scheduler = self.denoise(text, shape, steps, guidance, eta, request["seed"], show, plan)
+            latents, scheduler = self.denoise(text, shape, steps, guidance, eta, request["seed"], show, plan, condition,
+                                              request["motion_scale"])  # fmt: skip
             timings["denoise"] = clock.lap()
             # 5. decode z_0 with the VAE in frame chunks -> (N, H, W, 3) uint8
             keyframes = self.decode_latents(latents, show)
+            if condition is not None:  # colour anchoring; the painting's pixels composited back exactly
+                keyframes = condition.finish(keyframes, range(1, len(keyframes)))
             timings["decode"] = clock.lap()
 
         # 6. SOFP interpolation N -> 2N-1 (2N for a loop; Sec. III-E), on the decoded RGB frames; T within C for long clips
@@ -427,12 +482,16 @@ class NADMPipeline:
 
             window = plan.context if num_frames > plan.context else None
             frames = interpolate_keyframes(keyframes, flow, loop, window, show)
+            if condition is not None:  # the new in-between frames too
+                frames = condition.finish(frames, range(1, len(frames), 2))
             timings["interpolate"] = clock.lap()
             interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
             interpolation.update(window=window, loop=bool(loop))
 
         # 7. everything needed to reproduce the clip
         settings = self._settings(request, scheduler, (height, width), len(keyframes), len(frames), interpolation)
+        if condition is not None:  # the painting's inputs (SHA-256), fit, strength, ...
+            settings.update(condition.settings())
         return VideoResult(frames, keyframes, settings, timings)
 
     def _check_call(self, prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta) -> None:
@@ -447,34 +506,37 @@ class NADMPipeline:
 
     def denoise(
         self, text: TextSchedule, shape: tuple[int, ...], steps: int, guidance: float, eta: float, seed: int,
-        progress: bool = False, windows: WindowSchedule | None = None,
+        progress: bool = False, windows: WindowSchedule | None = None, condition: PaintingCondition | None = None,
+        motion_scale: float = 1.0,
     ) -> tuple[torch.Tensor, SchedulerMixin]:
         """z_T -> z_0 (Alg. 1, Eq. 4): per timestep guided UNet passes over [negative, prompt] (in windows for long
-        clips), a sampler step; nadm.sampling's one loop.
+        clips), a sampler step, the condition's holds; nadm.sampling's one loop.
 
         text: per-frame embeddings (nadm.sampling), b = 2 with guidance; shape `(1, 4, f, h/8, w/8)`. Returns float32
         z_0 and the sampler. RunFailed when the latents end NaN/inf. windows None: one window of all frames.
         """
         import torch
 
-        from nadm.motion import predict_noise
+        from nadm.motion import predict_noise, scaled_motion
         from nadm.sampling import all_frames, denoise
 
         # 3. z_T: noise from a CPU generator (the same seed gives the same noise on any device)
         scheduler = make_scheduler(self.scheduler)
         scheduler.set_timesteps(steps, device=self.device)
         generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-        latents = latents * scheduler.init_noise_sigma
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents, start, holds = noise * scheduler.init_noise_sigma, 0, ()
+        if condition is not None:  # a painting: its start latents and hold (nadm.animate)
+            latents, start, holds = condition.start(self, scheduler, noise, latents)
         step_kwargs = {"eta": eta, "generator": generator} if self.scheduler == "ddim" else {"generator": generator}
 
         # 4. the one denoising loop (nadm.sampling): guided UNet passes, fused over windows, sampler steps (fp32)
         def unet(model_in, t, text_in):  # fp32 sampler state in, fp32 noise out; the UNet runs in self.dtype
             return predict_noise(self.video_unet, model_in.to(self.dtype), t, text_in).float()
 
-        with self._on_device(self.video_unet):
-            latents = denoise(unet, scheduler, latents, text, guidance, windows or all_frames, step_kwargs=step_kwargs,
-                              progress=progress, window_batch=getattr(windows, "window_batch", 1))  # fmt: skip
+        with self._on_device(self.video_unet), scaled_motion(self.video_unet, motion_scale):
+            latents = denoise(unet, scheduler, latents, text, guidance, windows or all_frames, holds, step_kwargs,
+                              progress, getattr(windows, "window_batch", 1), start)  # fmt: skip
         if not torch.isfinite(latents).all():
             dtype = str(self.dtype).removeprefix("torch.")
             hint = "try dtype float32 or bfloat16" if dtype == "float16" else "are the base or motion weights broken?"

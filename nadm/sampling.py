@@ -135,20 +135,25 @@ def denoise(
     step_kwargs: dict | None = None,
     progress: bool = True,
     window_batch: int = 1,
+    start: int = 0,
 ) -> torch.Tensor:
     """z_T -> z_0 (Alg. 1): per timestep, fused guided noise over the windows, a sampler step (Eq. 4), then the holds.
 
     `unet(model_in, t, text) -> eps` takes `(b, c, f', h, w)` scaled latents; `latents` are the float32 sampler
-    state at the noise level of `scheduler.timesteps[0]`. One progress bar counts steps x windows; up to
-    `window_batch` windows share a UNet call.
+    state at the noise level of `scheduler.timesteps[start]` (clean when `start == len(timesteps)`). `start` > 0
+    skips the first timesteps (SDEdit: a partly noised image as the start); hold indices stay absolute. (Index-based
+    samplers, Euler and DPM-Solver, find their place from the first timestep they are given: timesteps are distinct.)
+    One progress bar counts steps x windows; up to `window_batch` windows share a UNet call.
     """
     steps = scheduler.timesteps
-    plan = [windows(i, latents.shape[2]) for i in range(len(steps))]
-    unit = "step" if all(len(w) == 1 for w in plan) else "window"
+    if not 0 <= start <= len(steps):
+        raise ValueError(f"start must be in [0, {len(steps)}] (the number of timesteps), got {start}")
+    plan = {i: windows(i, latents.shape[2]) for i in range(start, len(steps))}
+    unit = "step" if all(len(w) == 1 for w in plan.values()) else "window"
     for hold in holds:  # held content enters at the starting noise level
-        latents = hold(latents, scheduler, 0)
-    with tqdm(total=sum(map(len, plan)), desc="denoising", unit=unit, disable=not progress, leave=False) as bar:
-        for i, t in enumerate(steps):
+        latents = hold(latents, scheduler, start)
+    with tqdm(total=sum(map(len, plan.values())), desc="denoising", unit=unit, disable=not progress, leave=False) as bar:
+        for i, t in enumerate(steps[start:], start):
             model_in = scheduler.scale_model_input(latents, t)
             eps = fused_noise(unet, model_in, t, plan[i], text, guidance, window_batch, bar.update).float()
             latents = scheduler.step(eps, t, latents, **(step_kwargs or {})).prev_sample  # fp32 sampler state

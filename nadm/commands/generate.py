@@ -19,7 +19,9 @@ import click
 
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
 from nadm.errors import NADMError
-from nadm.pipeline import BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_request
+from nadm.pipeline import (
+    BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
+)  # fmt: skip
 from nadm.travel import INTERPOLATIONS, travel_keys
 from nadm.windows import DEFAULT_SCHEDULE, SCHEDULES, check_window_options
 
@@ -72,6 +74,43 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
     return paths
 
 
+# ------------------------------------------------------------------------------ shared with `nadm animate`
+
+
+def check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale) -> tuple[LoraSpec, ...]:
+    """The model, output-rate and motion options generate and animate share, checked without loading anything."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise NADMError(f"--fps must be a positive number, got {fps}")
+    check_motion_scale(motion_scale)
+    lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
+    check_base_source(base, base_config)
+    check_compile(compile_mode, cpu_offload)
+    return lora_specs
+
+
+def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_specs, device, dtype, scheduler,
+                  vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet):  # fmt: skip
+    """Motion weights (small; they fix the context windows' limits, checked for `frames` and the `windows` options of
+    `plan_windows`), then the base and the video UNet."""
+    from nadm.checkpoint import load_motion_source
+    from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype
+    from nadm.windows import plan_windows, trained_frames
+
+    resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
+    if motion is None:
+        note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
+    with quiet_loading():
+        weights = load_motion_source(motion or DEFAULT_MOTION)
+    plan_windows(frames, trained_frames(weights), weights.config.motion_max_seq_length, **windows)  # C fits the table
+    pipe = NADMPipeline.from_pretrained(
+        base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
+        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
+    )  # fmt: skip
+    if pipe.compile_mode is not None and not quiet:
+        note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
+    return pipe
+
+
 # ----------------------------------------------------------------------------------------------- generate
 
 
@@ -97,6 +136,8 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
               help="For a single-file --base: a diffusers folder (or hub id) with the same architecture's configs.")
 @click.option("--motion", help=f"NADM checkpoint folder or AnimateDiff motion weights [default: {DEFAULT_MOTION}, the baseline].")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="LoRA fused into the base (repeatable; scale 1 by default).")
+@click.option("--motion-scale", type=float, default=1.0, show_default=True,
+              help="Scale of the motion modules' output: below 1 calmer, above 1 livelier; 0 = SD's frames without temporal mixing.")
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1 frames.")
 @click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
               help="Optical flow for interpolation (raft needs torchvision).")
@@ -126,8 +167,8 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
-             base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
-             compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items, travel_file,
+             base_config, motion, loras, motion_scale, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling,
+             cpu_offload, compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items, travel_file,
              travel_interp, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
     from nadm.io import check_output_path, read_sidecar
@@ -140,42 +181,26 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     if travel is None and not all(p.strip() for p in prompts):
         raise NADMError("the prompt is empty")
     check_request(frames, height, width, steps, guidance, seed, interpolate)
-    check_window_options(frames, context, overlap, loop, window_schedule, window_batch)
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise NADMError(f"--fps must be a positive number, got {fps}")
-    lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
-    check_base_source(base, base_config)
-    check_compile(compile_mode, cpu_offload)
+    windows = dict(context=context, overlap=overlap, loop=loop, schedule=window_schedule, window_batch=window_batch)
+    check_window_options(frames, **windows)
+    lora_specs = check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale)
     # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
     paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
     paths = [check_output_path(path, overwrite) for path in paths]
 
     # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
-    from nadm.checkpoint import load_motion_source
-    from nadm.pipeline import NADMPipeline, note, resolve_device, resolve_dtype, save_result
-    from nadm.windows import plan_windows, trained_frames
+    from nadm.pipeline import save_result
 
-    resolve_dtype(dtype, resolve_device(device))  # an unavailable device fails here, before any loading
-    if motion is None:
-        note(f"no --motion given: using AnimateDiff's {DEFAULT_MOTION} as the baseline motion module")
-    with quiet_loading():
-        weights = load_motion_source(motion or DEFAULT_MOTION)
-    windows = dict(context=context, overlap=overlap, loop=loop, schedule=window_schedule, window_batch=window_batch)
-    plan_windows(frames, trained_frames(weights), weights.config.motion_max_seq_length, **windows)  # C fits the table
-    pipe = NADMPipeline.from_pretrained(
-        base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
-        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
-    )  # fmt: skip
-    if pipe.compile_mode is not None and not quiet:
-        note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
+    pipe = load_pipeline(frames, windows, base, base_config, motion, lora_specs, device, dtype, scheduler, vae_slicing,
+                         vae_tiling, cpu_offload, compile_mode, quiet)  # fmt: skip
 
     # 4. generate and write each clip
     for text, path in zip(prompts, paths):
         start = time.perf_counter()
         result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
-                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow, context=context, overlap=overlap,
-                      loop=loop, window_schedule=window_schedule, window_batch=window_batch,
-                      travel_interp=travel_interp)  # fmt: skip
+                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow, motion_scale=motion_scale,
+                      context=context, overlap=overlap, loop=loop, window_schedule=window_schedule,
+                      window_batch=window_batch, travel_interp=travel_interp)  # fmt: skip
         written = save_result(result, path, fps=fps or result.fps, overwrite=overwrite)
         rate = read_sidecar(written)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
         click.echo(
