@@ -13,15 +13,14 @@ videos (trials, the tables of Tables I-IV) in `nadm.evaluation`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
-import cv2
 import numpy as np
 import scipy.linalg
 from scipy.special import xlogy
 
+from nadm.flow import FlowFn, fb_residual, lands_inside, sample
+
 CLIP_FRAMES = 16  # FVD16 / KVD16 / IS: 16-frame clips (Sec. IV-C2)
-FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------- distance math
@@ -160,25 +159,14 @@ def flicker_score(frames: np.ndarray) -> float:
     return float(np.mean(diffs))
 
 
-def _grid(h: int, w: int) -> np.ndarray:
-    """(H, W, 2) float32 pixel coordinates (x, y)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.stack([xs, ys], axis=-1)
-
-
 def _valid_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """(H, W) bool: the forward flow lands inside the frame and the backward flow there brings it back.
 
-    Forward-backward consistency as in Ruder et al. 2016 / Lai et al. 2018:
+    Forward-backward consistency as in Ruder et al. 2016 / Lai et al. 2018 (`nadm.flow.fb_residual`):
     |f + b(x + f)|^2 <= 0.01 (|f|^2 + |b(x + f)|^2) + 0.5.
     """
-    h, w = forward.shape[:2]
-    target = _grid(h, w) + forward
-    inside = (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
-    back = cv2.remap(backward, target, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    err = np.sum((forward + back) ** 2, axis=-1)
-    tol = 0.01 * (np.sum(forward**2, axis=-1) + np.sum(back**2, axis=-1)) + 0.5
-    return inside & (err <= tol)
+    err, tol = fb_residual(forward, backward)
+    return lands_inside(forward) & (err <= tol)
 
 
 def warping_error(frames: np.ndarray, flow: FlowFn) -> float:
@@ -201,7 +189,7 @@ def warping_error(frames: np.ndarray, flow: FlowFn) -> float:
         mask = _valid_mask(forward, backward)
         if not mask.any():
             continue
-        warped = cv2.remap(b, _grid(h, w) + forward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = sample(b, forward)  # frame t+1 warped back onto frame t
         sq = np.sum(((a.astype(np.float32) - warped.astype(np.float32)) / 255.0) ** 2, axis=-1)  # (H, W)
         errors.append(float(sq[mask].mean()))
     if not errors:
