@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nadm import interpolate as interp  # noqa: E402
-from nadm.flow import dot, fb_residual, lands_inside, sample  # noqa: E402
+from nadm.flow import consistency, dot, fb_residual, lands_inside, sample  # noqa: E402
 from nadm.io import environment_versions, read_video  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -221,54 +221,60 @@ def _half_res_flow(flow: interp.FlowFn, a: np.ndarray, b: np.ndarray) -> np.ndar
 
 
 def _route_confidence(route: str, flow: interp.FlowFn, a: np.ndarray, last: np.ndarray, f_next: np.ndarray,
-                      chained: np.ndarray) -> np.ndarray:
+                      chained: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Eq. 14's confidence for pair (t, t+1) with V_{t->T} taken as the route says."""
+    long, trust = chained
+    chain_c = trust * interp.sofp_confidence(f_next, long) + (1.0 - trust)  # what interp.sofp uses
+    if route == "chain, untrusted":
+        return interp.sofp_confidence(f_next, long)
     if route.startswith("chain"):
-        return interp.sofp_confidence(f_next, chained)
+        return chain_c
     if route == "before":  # direct V_{t->T} at half resolution, trusted only where forward-backward consistent
         direct = _half_res_flow(flow, a, last)
-        err, tol = fb_residual(direct, _half_res_flow(flow, last, a))
-        trust = np.exp(-np.maximum(err - tol, 0.0) / tol)
-        return trust * interp.sofp_confidence(f_next, direct) + (1.0 - trust)
+        consistent = consistency(direct, _half_res_flow(flow, last, a))
+        return consistent * interp.sofp_confidence(f_next, direct) + (1.0 - consistent)
     direct = flow(a, last)
     c = interp.sofp_confidence(f_next, direct)
     if route == "direct, checked":  # distrusted where its length differs from the chain's; the chain's c there
-        diff = direct - chained
-        tol = 0.0625 * dot(chained, chained) + 1.0  # within 25% of the chained displacement, or 1 px
-        trust = np.exp(-np.maximum(dot(diff, diff) - tol, 0.0) / tol)
-        c = trust * c + (1.0 - trust) * interp.sofp_confidence(f_next, chained)
+        diff = direct - long
+        tol = 0.0625 * dot(long, long) + 1.0  # within 25% of the chained displacement, or 1 px
+        agree = np.exp(-np.maximum(dot(diff, diff) - tol, 0.0) / tol)
+        c = agree * c + (1.0 - agree) * chain_c
     return c
 
 
 def sofp_route(frames: Clip, route: str, flow: interp.FlowFn = interp.dis_flow, smooth: float = 6.0) -> Clip:
     """SOFP (Eq. 14) with one of issue 12's candidate routes for V_{t->T} and for where c is applied.
 
-    'chain': the chain of step flows, c carried to t + 0.5 (what `interp.sofp` does); 'chain, not carried':
-    c used on frame t's grid; 'direct': the flow from t to T; 'direct, checked': the direct flow distrusted
-    where its length differs from the chain's; 'before': what sofp did before issue 12.
+    'chain': the chain of step flows, trusted where its steps are consistent, c carried to t + 0.5 (what
+    `interp.sofp` does); 'chain, untrusted': trusted everywhere; 'chain, not carried': c used on frame t's grid;
+    'direct': the flow from t to T; 'direct, checked': the direct flow distrusted where its length differs
+    from the chain's; 'before': what sofp did before issue 12 (direct at half resolution, trusted where
+    forward-backward consistent, c not carried).
     """
     frames = interp.check_clip(frames)
     n = len(frames)
     steps = [(flow(a, b), flow(b, a)) for a, b in zip(frames[:-1], frames[1:])]
-    chained: list[np.ndarray] = [steps[-1][0]]  # V_{t->N-1} chained, built backward as interp.sofp does
-    for f, _ in reversed(steps[:-1]):
-        chained.insert(0, f + sample(chained[0], f))
+    seen = [(consistency(f, g), consistency(g, f)) for f, g in steps]
+    chained = [(steps[-1][0], seen[-1][0])]  # (V_{t->N-1}, trust), built backward as interp.sofp does
+    for (f, _), (r, _) in zip(reversed(steps[:-1]), reversed(seen[:-1])):
+        chained.insert(0, (f + sample(chained[0][0], f), r * sample(chained[0][1], f)))
     mids = []
     for t, ((a, b), (f, g)) in enumerate(zip(zip(frames[:-1], frames[1:]), steps)):
         if t == n - 2:
-            mids.append(interp.midframe(a, b, f, g))
+            mids.append(interp.midframe(a, b, f, g, seen=seen[t]))
             continue
         c = cv2.GaussianBlur(_route_confidence(route, flow, a, frames[-1], f, chained[t]), (0, 0), smooth)
-        if route == "chain, not carried":
+        if route in ("chain, not carried", "before"):
             fade = (a.astype(np.float32) + b.astype(np.float32)) / 2
             mid = c[..., None] * interp.midframe(a, b, f, g) + (1 - c[..., None]) * fade
             mids.append(np.clip(np.rint(mid), 0, 255).astype(np.uint8))
         else:
-            mids.append(interp.midframe(a, b, f, g, c))
+            mids.append(interp.midframe(a, b, f, g, c, seen=seen[t]))
     return np.concatenate([np.stack([k, m]) for k, m in zip(frames[:-1], mids)] + [frames[-1:]])
 
 
-ROUTES = ("before", "direct", "direct, checked", "chain, not carried", "chain")
+ROUTES = ("before", "direct", "direct, checked", "chain, untrusted", "chain, not carried", "chain")
 
 
 def variant_table() -> dict[str, Method]:
@@ -282,7 +288,7 @@ def variant_table() -> dict[str, Method]:
     for route in ROUTES:
         v[f"sofp route: {route}"] = p(sofp_route, route=route)
     v.update({
-        "sofp (default: chain, carried, blend, smooth 6)": interp.sofp,
+        "sofp (default: chain, trusted, carried, blend, smooth 6)": interp.sofp,
         "sofp smooth 0": p(interp.sofp, smooth=0.0),
         "sofp smooth 12": p(interp.sofp, smooth=12.0),
         "sofp mode scale": p(interp.sofp, mode="scale"),

@@ -8,7 +8,8 @@ Layouts, stated once:
 
 `sample` reads any `(H, W[, C])` array at x + offset(x) (bilinear, edges replicated): with the flow a->b as
 the offset it warps b back onto a. `fb_residual` is the forward-backward consistency test (Ruder et al. 2016,
-Lai et al. 2018) that both SOFP's occlusion weights and the warping error use.
+Lai et al. 2018) that both SOFP (occlusion weights, trust in a chain of flows) and the warping error use;
+`consistency` is its soft form.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def fb_residual(forward: np.ndarray, backward: np.ndarray) -> tuple[np.ndarray, 
     back = sample(backward, forward)  # the backward flow at the pixel the forward flow lands on
     loop = forward + back
     return dot(loop, loop), 0.01 * (dot(forward, forward) + dot(back, back)) + 0.5
+
+
+def consistency(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1]: 1 where the pair passes `fb_residual`'s check (a's pixel is seen again in b), falling
+    off as exp(-(err - tol) / tol) beyond it (occluded, or a wrong flow)."""
+    err, tol = fb_residual(forward, backward)
+    return np.exp(-np.maximum(err - tol, 0.0) / tol)
 
 
 def lands_inside(forward: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nadm.errors import NADMError
-from nadm.flow import FlowFn, dot, fb_residual, sample
+from nadm.flow import FlowFn, consistency, dot, sample
 
 MIN_SIZE = 16  # DIS needs >= 12 px; below 16 px a flow is meaningless anyway
 EPS = 1e-2  # px^2, keeps D_t finite where the step does not move
@@ -198,12 +198,6 @@ def _mid_flow(f: np.ndarray, iters: int = 2) -> np.ndarray:
     return u
 
 
-def _consistency(fab: np.ndarray, fba: np.ndarray) -> np.ndarray:
-    """(H, W) in [0, 1]: 1 where a->b then b->a returns to the start (visible in both), ~0 where occluded."""
-    err, tol = fb_residual(fab, fba)
-    return np.exp(-np.maximum(err - tol, 0.0) / tol)
-
-
 def midframe(
     a: np.ndarray,
     b: np.ndarray,
@@ -212,12 +206,14 @@ def midframe(
     confidence: np.ndarray | None = None,
     mode: str = "blend",
     occlusion: bool = True,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The frame at t + 0.5 from a, b and both flows (Sec. III-E), damped where the confidence is below 1.
 
     confidence: (H, W) in [0, 1] on a's pixel grid (None: 1 everywhere, the plain flow midpoint). It is
     carried to t + 0.5 along the flow, then 'blend' mixes the flow midpoint with the cross-fade by it and
-    'scale' shrinks the motion by it (0 = the cross-fade either way).
+    'scale' shrinks the motion by it (0 = the cross-fade either way). occlusion: weigh the two warps by the
+    forward-backward consistency of the flows (`seen`: both maps, a->b and b->a, if the caller has them).
     """
     # 1. flow through every half-time pixel, toward b and toward a
     u = _mid_flow(fab)
@@ -234,8 +230,9 @@ def midframe(
     #    mean, rounded to uint8, ~8x faster than the same in numpy)
     even = np.ones(a.shape[:2], np.float32)
     if occlusion:
-        ka = 0.05 + sample(_consistency(fba, fab), -0.5 * v)
-        kb = 0.05 + sample(_consistency(fab, fba), -0.5 * u)
+        ca, cb = seen or (consistency(fab, fba), consistency(fba, fab))
+        ka = 0.05 + sample(cb, -0.5 * v)
+        kb = 0.05 + sample(ca, -0.5 * u)
     else:
         ka = kb = even
     out = cv2.blendLinear(wa, wb, ka, kb)
@@ -254,15 +251,19 @@ def sofp_confidence(f_next: np.ndarray, f_last: np.ndarray) -> np.ndarray:
     return np.clip(d, 0.0, 1.0).astype(np.float32)
 
 
-def chain(steps: Sequence[np.ndarray]) -> np.ndarray:
-    """V_{t->T} as the chain of step flows V_{t->t+1}, ..., V_{T-1->T}: each pixel followed along them, (H, W, 2).
+def chain(steps: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """V_{t->T} as the chain of step flows V_{t->t+1}, ..., V_{T-1->T}, and how far that chain can be trusted.
 
-    The displacement after k steps is p_k(x) = p_{k-1}(x) + V_{t+k-1->t+k}(x + p_{k-1}(x)).
+    steps: (V_{s->s+1}, r_s) for s = t, ..., T-1, with r_s (H, W) in [0, 1] the forward-backward consistency
+    of step s on frame s's grid. Each pixel is followed along the steps: after k steps it has moved
+    p_k(x) = p_{k-1}(x) + V_{t+k-1->t+k}(x + p_{k-1}(x)). Returns p (H, W, 2) and the trust (H, W), the
+    product of the r_s met on the way.
     """
-    p = steps[0]
-    for f in steps[1:]:
+    p, trust = steps[0]
+    for f, r in steps[1:]:
+        trust = trust * sample(r, p)
         p = p + sample(f, p)
-    return p
+    return p, trust
 
 
 def _check_sofp_options(window: int | None, mode: str) -> None:
@@ -327,9 +328,10 @@ def sofp(
 
     Per pair (t, t+1) and T = min(t + window, N - 1) (window None: the clip's last frame): D_t projects the
     long-range motion V_{t->T} on the step's V_{t->t+1} (Eq. 14), with V_{t->T} the chain of the step flows
-    t -> t+1 -> ... -> T; c = clip(D_t, 0, 1), Gaussian-smoothed by `smooth` px, carried to t + 0.5 along
-    the flow, damps the flow midpoint toward the cross-fade ('blend') or shrinks its motion ('scale').
-    The last pair (T = t + 1) is the plain flow midpoint. occlusion: forward-backward consistency weights.
+    t -> t+1 -> ... -> T; c = clip(D_t, 0, 1) where every step of the chain is forward-backward consistent
+    (c = 1 where one is not: the chain then says nothing), Gaussian-smoothed by `smooth` px, carried to
+    t + 0.5 along the flow, damps the flow midpoint toward the cross-fade ('blend') or shrinks its motion
+    ('scale'). The last pair (T = t + 1) is the plain flow midpoint. occlusion: consistency weights.
     """
     # 1. check inputs and options
     frames = check_clip(frames)
@@ -337,27 +339,30 @@ def sofp(
     n = len(frames)
     fn = _resolve_flow(flow)
     mids: list[np.ndarray] = [np.empty(0)] * (n - 1)
-    later: list[np.ndarray] = []  # window: the step flows V_{s->s+1}, s = t, t+1, ..., nearest first
-    long = None  # V_{t->T}; whole clip: V_{t+1->N-1} until step 3 extends it to t
+    later: list[tuple[np.ndarray, np.ndarray]] = []  # window: (V_{s->s+1}, r_s), s = t, t+1, ..., nearest first
+    long = trust = None  # the chain to T and its trust; whole clip: from t + 1 until step 3 extends them to t
     with _progress(n - 1, progress, "SOFP") as bar:
         for t in range(n - 2, -1, -1):  # backward, so the chains to T reuse the later steps' flows
             a, b = frames[t], frames[t + 1]
             big_t = n - 1 if window is None else min(t + window, n - 1)
-            # 2. flows to the next frame and back
+            # 2. flows to the next frame and back, and their forward-backward consistency on a's and b's grids
             f_next, f_back = fn(a, b), fn(b, a)
-            # 3. V_{t->T} by chaining the step flows, then Eq. 14 -> confidence c (none for T = t + 1)
+            seen = (consistency(f_next, f_back), consistency(f_back, f_next))
+            # 3. V_{t->T} and its trust by chaining the step flows
             if window is None:
                 long = f_next if long is None else f_next + sample(long, f_next)
+                trust = seen[0] if trust is None else seen[0] * sample(trust, f_next)
             else:
-                later = [f_next, *later][:window]
-                long = chain(later[: big_t - t])
+                later = [(f_next, seen[0]), *later][:window]
+                long, trust = chain(later[: big_t - t])
+            # 4. Eq. 14 -> confidence c, 1 where the chain is not trusted (none for T = t + 1)
             c = None
             if big_t > t + 1:
-                c = sofp_confidence(f_next, long)
+                c = trust * sofp_confidence(f_next, long) + (1.0 - trust)
                 if smooth > 0:
                     c = cv2.GaussianBlur(c, (0, 0), smooth)
-            # 4. the middle frame, damped toward the cross-fade where c < 1
-            mids[t] = midframe(a, b, f_next, f_back, c, mode, occlusion)
+            # 5. the middle frame, damped toward the cross-fade where c < 1
+            mids[t] = midframe(a, b, f_next, f_back, c, mode, occlusion, seen)
             bar.update()
     return _interleave(frames, mids)
 

@@ -71,21 +71,32 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(term_aa + term_bb - 2.0 * k_ab.mean())
 
 
-def inception_score(probs: np.ndarray, splits: int = 1) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) over `(n, classes)` probabilities, averaged over splits: IS (Sec. IV-C2)."""
+def inception_scores(probs: np.ndarray, splits: int) -> np.ndarray:
+    """exp(E_x KL(p(y|x) || p(y))) of each of `splits` consecutive parts of `(n, classes)` probabilities: IS.
+
+    Part i holds rows i*n//splits up to (i+1)*n//splits, as StyleGAN-V splits them; its IS (Sec. IV-C2) is
+    reported as the mean +- std over the parts. Returns `(splits,)` float64.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 2:
         raise ValueError(f"probs must be an (n, classes) array with n >= 1 and classes >= 2, got shape {p.shape}")
     if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
         raise ValueError("probs must be non-negative rows summing to 1 (class probabilities, not logits)")
-    if not 1 <= splits <= p.shape[0]:
-        raise ValueError(f"splits must be between 1 and the number of samples ({p.shape[0]}), got {splits}")
+    n = p.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     scores = []
-    for part in np.array_split(p, splits):  # consecutive, near-equal parts
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
         marginal = part.mean(axis=0, keepdims=True)
         kl = (xlogy(part, part) - xlogy(part, marginal)).sum(axis=1)  # 0 log 0 = 0
         scores.append(np.exp(kl.mean()))
-    return float(np.mean(scores))
+    return np.array(scores)
+
+
+def inception_score(probs: np.ndarray, splits: int = 1) -> float:
+    """The mean over `splits` consecutive parts of the Inception Score of `(n, classes)` probabilities (Sec. IV-C2)."""
+    return float(inception_scores(probs, splits).mean())
 
 
 # ---------------------------------------------------------------------------------- clips and frames
