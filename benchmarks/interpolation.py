@@ -1,6 +1,7 @@
 """Benchmark of frame interpolation (paper Sec. III-E): fidelity, smoothness and speed of every method x flow.
 
-Run: `python benchmarks/interpolation.py [--data ../shared/data] [--variants] [--out benchmarks/results/interpolation.md]`
+Run: `python benchmarks/interpolation.py [--data ../shared/data] [--variants] [--out FILE]`
+(default FILE: benchmarks/results/interpolation.md).
 
 1. Fidelity: PSNR / SSIM of rebuilt middle frames on the Middlebury-other and UCF101 triplets (ground-truth
    middle frames), and on whole sequences (sky time-lapse tiles, the annarbor moving-camera clip, the
@@ -391,6 +392,11 @@ class Report:
         print(text, flush=True)
         self.lines.append(text)
 
+    def section(self, title: str, text: str) -> None:
+        """A '## title' heading and a paragraph."""
+        for line in (f"## {title}", "", text, ""):
+            self.say(line)
+
     def table(self, header: list[str], rows: list[list]) -> None:
         row = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
         for line in [row(header), row(["---"] * len(header)), *[row(r) for r in rows]]:
@@ -431,11 +437,9 @@ class Scores:
 
 def fidelity_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
     """Triplets and real sequences: PSNR / SSIM of the rebuilt frames."""
-    r.say("## Fidelity: PSNR (dB) / SSIM of rebuilt middle frames")
-    r.say()
-    r.say("Triplets: the pair is the whole clip, so `sofp` equals `flow_midpoint` there (D = 1). Sequences: every "
-          "other frame dropped and rebuilt from the kept ones (window = whole clip).")
-    r.say()
+    r.section("Fidelity: PSNR (dB) / SSIM of rebuilt middle frames",
+              "Triplets: the pair is the whole clip, so `sofp` equals `flow_midpoint` there (D = 1). Sequences: every "
+              "other frame dropped and rebuilt from the kept ones (window = whole clip).")
     for name, method in methods.items():
         cells = [eval_triplets(method, t) for t in d.triplets.values()]
         seq_cells = [eval_sequence(method, clip) for clip in d.seqs.values()]
@@ -447,34 +451,32 @@ def fidelity_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores)
 
 def pan_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
     """Pans of paintings and a photograph: PSNR of the rebuilt frames, and each sofp's gap to its midpoint."""
-    r.say(f"## Pans: PSNR (dB) of rebuilt frames, {PAN_FRAMES} frames of a {PAN_SIZE}x{PAN_SIZE} window")
-    r.say()
-    r.say(f"Images: {', '.join(f'{k} = `{v}`' for k, v in PAN_IMAGES.items())}. Case `3h`: 3 px/frame horizontally "
-          "(`v`: vertically); the kept frames are 2 x that apart. Last columns: sofp minus flow_midpoint with the "
-          "same flow, worst case and mean.")
-    r.say()
+    r.section(f"Pans: PSNR (dB) of rebuilt frames, {PAN_FRAMES} frames of a {PAN_SIZE}x{PAN_SIZE} window",
+              f"Images: {', '.join(f'{k} = `{v}`' for k, v in PAN_IMAGES.items())}. Case `3h`: 3 px/frame horizontally "
+              "(`v`: vertically); the kept frames are 2 x that apart. Last columns: sofp minus flow_midpoint with the "
+              "same flow, worst case and mean.")
     for name, method in methods.items():
         sc.pan[name] = [eval_pan(method, clip) for clip in d.pans.values()]
     rows = []
     for name, cells in sc.pan.items():
         ref = sc.pan.get(name.replace("sofp/", "flow_midpoint/")) if name.startswith("sofp/") else None
-        gaps = ["-", "-"] if ref is None else [f"{min(np.subtract(cells, ref)):+.2f}", f"{np.mean(np.subtract(cells, ref)):+.2f}"]
+        gap = None if ref is None else np.subtract(cells, ref)
+        gaps = ["-", "-"] if gap is None else [f"{gap.min():+.2f}", f"{gap.mean():+.2f}"]
         rows.append([name, *[f"{p:.2f}" for p in cells], f"{np.mean(cells):.2f}", *gaps])
     r.table(["method/flow", *d.pans, "mean", "sofp - midpoint: worst", "mean"], rows)
 
 
 def smoothness_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
     """The shaken sequences: warping error and flicker of the output."""
-    r.say(f"## Smoothness on the sequences with a random {SHAKE_PX} px shake per kept frame (seed {SEED})")
-    r.say()
-    r.say("warping error: mean |o_t - warp(o_t+1)| (0-255, Farneback flow, occluded pixels masked); flicker: mean "
-          "|o_t-1 - 2 o_t + o_t+1| (0-255). Lower is smoother for both. Cells: warping error / flicker.")
-    r.say()
+    r.section(f"Smoothness on the sequences with a random {SHAKE_PX} px shake per kept frame (seed {SEED})",
+              "warping error: mean |o_t - warp(o_t+1)| (0-255, Farneback flow, occluded pixels masked); flicker: mean "
+              "|o_t-1 - 2 o_t + o_t+1| (0-255). Lower is smoother for both. Cells: warping error / flicker.")
     for name, method in methods.items():
         cells = [eval_shaken(method, kept) for kept in d.shaken.values()]
         sc.smooth[name] = cells + [(_mean(cells, 0), _mean(cells, 1))]
         print(f"  smoothness {name}: done", file=sys.stderr, flush=True)
-    r.table(["method/flow", *d.seqs, "mean"], [[n, *[f"{w:.3f} / {f:.3f}" for w, f in c]] for n, c in sc.smooth.items()])
+    rows = [[n, *[f"{w:.3f} / {f:.3f}" for w, f in c]] for n, c in sc.smooth.items()]
+    r.table(["method/flow", *d.seqs, "mean"], rows)
 
 
 def speed_section(r: Report, d: Data, methods: dict[str, Method], flows: list[str], sc: Scores) -> None:
@@ -484,22 +486,22 @@ def speed_section(r: Report, d: Data, methods: dict[str, Method], flows: list[st
         timed[f"two-flow floor/{flow}"] = functools.partial(two_flows, flow=interp.get_flow(flow))
     source = _speed_source(d.seqs, d.triplets)
     sc.speed = {size: time_methods(timed, size, source, SPEED_REPEATS) for size in (256, 512)}
-    r.say(f"## Speed: ms per interpolated frame, best of {SPEED_REPEATS} rounds on 9 annarbor frames resized")
-    r.say()
-    r.say("In each round every row runs once, in turn. x floor: time over the two-flow floor of the same flow "
-          "(the two flows per interpolated frame that the flow midpoint needs too): best over best, and the "
-          "median of the per-round ratios (steadier when the machine's load changes).")
-    r.say()
+    r.section(f"Speed: ms per interpolated frame, best of {SPEED_REPEATS} rounds on 9 annarbor frames resized",
+              "In each round every row runs once, in turn. x floor: time over the two-flow floor of the same flow "
+              "(the two flows per interpolated frame that the flow midpoint needs too): best over best, and the "
+              "median of the per-round ratios (steadier when the machine's load changes).")
     rows = []
     for name in timed:
         cells = [name]
         for size, times in sc.speed.items():
             best = min(times[name])
             floor = f"two-flow floor/{name.split('/')[-1]}"
-            ratio = "-" if "/" not in name or floor not in times else "{:.2f} / {:.2f}".format(*floor_ratio(times, name, floor))
+            has_floor = "/" in name and floor in times
+            ratio = "{:.2f} / {:.2f}".format(*floor_ratio(times, name, floor)) if has_floor else "-"
             cells += [f"{best:.1f}", f"{1000 / best:.1f}", ratio]
         rows.append(cells)
-    r.table(["method/flow", "256 ms", "256 fps", "256 x floor", "512 ms", "512 fps", "512 x floor (best / median)"], rows)
+    r.table(["method/flow", "256 ms", "256 fps", "256 x floor", "512 ms", "512 fps", "512 x floor (best / median)"],
+            rows)
 
 
 def targets_section(r: Report, d: Data, sc: Scores) -> None:
@@ -539,19 +541,17 @@ def targets_section(r: Report, d: Data, sc: Scores) -> None:
 
 def variants_section(r: Report, d: Data) -> None:
     """SOFP's routes and options, and midpoint options, against the default flow midpoint (DIS medium)."""
-    r.say("## Variants (DIS medium unless named)")
-    r.say()
-    r.say("Gaps are to `flow_midpoint (default)`. Pans: worst / mean PSNR gap over the pan cases. Sequences: mean "
-          "PSNR (gap). Shaken: mean warping error and flicker (change). Speed: median over 3 rounds of the time per "
-          "interpolated frame at 512x512 over the two-flow floor timed in the same round.")
-    r.say()
+    r.section("Variants (DIS medium unless named)",
+              "Gaps are to `flow_midpoint (default)`. Pans: worst / mean PSNR gap over the pan cases. Sequences: mean "
+              "PSNR (gap). Shaken: mean warping error and flicker (change). Speed: median over 3 rounds of the time per "
+              "interpolated frame at 512x512 over the two-flow floor timed in the same round.")
     source = _speed_source(d.seqs, d.triplets)
     floor = functools.partial(two_flows, flow=interp.dis_flow)
-    chain, default = (m(d.seqs[next(iter(d.seqs))][0::2]) for m in (functools.partial(sofp_route, route="chain"), interp.sofp))
-    assert np.array_equal(chain, default), "sofp_route('chain') must be what interp.sofp does"
+    kept = next(iter(d.seqs.values()))[0::2]
+    assert np.array_equal(sofp_route(kept, "chain"), interp.sofp(kept)), "sofp_route('chain') must be interp.sofp"
     scores = {}
     for name, method in variant_table().items():
-        mb = eval_triplets(method, d.triplets["Middlebury-other"])[0] if "Middlebury-other" in d.triplets else float("nan")
+        mb = eval_triplets(method, d.triplets["Middlebury-other"])[0] if "Middlebury-other" in d.triplets else np.nan
         shaken = [eval_shaken(method, kept) for kept in d.shaken.values()]
         scores[name] = {
             "mb": mb, "pans": [eval_pan(method, clip) for clip in d.pans.values()],
