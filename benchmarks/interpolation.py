@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nadm import interpolate as interp  # noqa: E402
-from nadm.flow import consistency, dot, fb_residual, lands_inside, sample  # noqa: E402
+from nadm.flow import FlowFn, consistency, dot, fb_residual, lands_inside, sample  # noqa: E402
 from nadm.io import environment_versions, read_video  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -197,7 +197,7 @@ def available_flows() -> dict[str, str]:
     return flows
 
 
-def two_flows(frames: Clip, flow: interp.FlowFn) -> Clip:
+def two_flows(frames: Clip, flow: FlowFn) -> Clip:
     """The two-flow floor: only the flows a->b and b->a of every pair, which any flow midpoint needs."""
     for a, b in zip(frames[:-1], frames[1:]):
         flow(a, b), flow(b, a)
@@ -214,14 +214,14 @@ def method_table(flows: list[str]) -> dict[str, Method]:
     return methods
 
 
-def _half_res_flow(flow: interp.FlowFn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _half_res_flow(flow: FlowFn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Flow a->b computed at half resolution and upsampled (how the pre-issue-12 SOFP got its long flows)."""
     h, w = a.shape[:2]
     small = flow(*(cv2.resize(x, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for x in (a, b)))
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([w / (w // 2), h / (h // 2)])
 
 
-def _route_confidence(route: str, flow: interp.FlowFn, a: np.ndarray, last: np.ndarray, f_next: np.ndarray,
+def _route_confidence(route: str, flow: FlowFn, a: np.ndarray, last: np.ndarray, f_next: np.ndarray,
                       chained: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Eq. 14's confidence for pair (t, t+1) with V_{t->T} taken as the route says."""
     long, trust = chained
@@ -244,7 +244,7 @@ def _route_confidence(route: str, flow: interp.FlowFn, a: np.ndarray, last: np.n
     return c
 
 
-def sofp_route(frames: Clip, route: str, flow: interp.FlowFn = interp.dis_flow, smooth: float = 6.0) -> Clip:
+def sofp_route(frames: Clip, route: str, flow: FlowFn = interp.dis_flow, smooth: float = 6.0) -> Clip:
     """SOFP (Eq. 14) with one of issue 12's candidate routes for V_{t->T} and for where c is applied.
 
     'chain': the chain of step flows, trusted where its steps are consistent, c carried to t + 0.5 (what

@@ -30,11 +30,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nadm.errors import NADMError
+from nadm.flow import FlowFn
 from nadm.io import VideoTooShort, read_sidecar, read_video
 from nadm.metric_networks import DEFAULT_CLIP_MODEL, C3DProbabilities, ClipScorer, I3DFeatures
 from nadm.metrics import (
     CLIP_FRAMES,
-    FlowFn,
     clip_indices,
     clip_temporal_score,
     clip_text_score,
