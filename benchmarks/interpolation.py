@@ -1,16 +1,21 @@
 """Benchmark of frame interpolation (paper Sec. III-E): fidelity, smoothness and speed of every method x flow.
 
-Run: `python benchmarks/interpolation.py [--data ../shared/data] [--variants] [--out benchmarks/results/interpolation.md]`
+Run: `python benchmarks/interpolation.py [--data ../shared/data] [--variants] [--out FILE]`
+(default FILE: benchmarks/results/interpolation.md).
 
 1. Fidelity: PSNR / SSIM of rebuilt middle frames on the Middlebury-other and UCF101 triplets (ground-truth
    middle frames), and on whole sequences (sky time-lapse tiles, the annarbor moving-camera clip, the
    Animating-Landscape sky frames) with every other frame dropped and rebuilt.
-2. Smoothness: the same sequences with a seeded random 1.5 px shake added to every kept frame; flow warping
+2. Pans: two paintings and a photograph panned 3 and 7 px/frame, horizontally and vertically (17 frames of a
+   240x240 window moving over the image); every other frame dropped and rebuilt (PSNR).
+3. Smoothness: the real sequences with a seeded random 1.5 px shake added to every kept frame; flow warping
    error (Farneback flow between consecutive output frames, occluded pixels masked out) and flicker (mean
    absolute second difference over time) of the output.
-3. Speed: milliseconds per interpolated frame at 256x256 and 512x512.
-With --variants, SOFP/midpoint variants (how D_t weighs the warp, smoothing of D_t, occlusion weights, DIS
-preset, window) are scored on the sequences too: the numbers behind sofp's defaults.
+4. Speed: milliseconds per interpolated frame at 256x256 and 512x512, and the ratio to the two-flow floor
+   (the two flows per interpolated frame that the flow midpoint needs too), all timed in alternation.
+5. Targets of issues 4 and 12.
+With --variants, the routes tried for SOFP's long-range flow (issue 12) and its options (smoothing, mode,
+window, occlusion weights, DIS preset) are scored on the pans and sequences too: the numbers behind sofp.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,12 +37,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nadm import interpolate as interp  # noqa: E402
+from nadm.flow import FlowFn, consistency, dot, fb_residual, lands_inside, sample  # noqa: E402
 from nadm.io import environment_versions, read_video  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "interpolation.md"
 SHAKE_PX = 1.5
 SEED = 0
+PAN_IMAGES = {  # label: path under the data folder
+    "painting 127": "paintings/stevenling_landscape/shanshui_test_127.jpg",  # soft ink: trees, a house, mist
+    "painting 148": "paintings/stevenling_landscape/shanshui_test_148.jpg",  # ink and colour, strong contrast
+    "photograph": "landscape_motion/animating_landscape_sky/input_still_1.png",  # coast under clouds
+}
+PAN_SPEEDS = (3, 7)  # px per frame
+PAN_FRAMES, PAN_SIZE = 17, 240
+SPEED_REPEATS = 7
 Clip = np.ndarray  # (N, H, W, 3) uint8
 Method = Callable[[Clip], Clip]
 
@@ -70,19 +85,12 @@ def _farneback(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def warping_error(clip: Clip) -> float:
     """Mean |o_t - o_{t+1} warped back to t| (0-255) over pixels whose forward-backward flow agrees."""
-    h, w = clip.shape[1:3]
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
     errors = []
     for a, b in zip(clip[:-1], clip[1:]):
         fab, fba = _farneback(a, b), _farneback(b, a)
-        warped = cv2.remap(b, grid + fab, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        back = cv2.remap(fba, grid + fab, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        err = np.sum((fab + back) ** 2, -1)
-        visible = err <= 0.01 * (np.sum(fab**2, -1) + np.sum(back**2, -1)) + 0.5
-        inside = (grid[..., 0] + fab[..., 0] >= 0) & (grid[..., 0] + fab[..., 0] <= w - 1)
-        inside &= (grid[..., 1] + fab[..., 1] >= 0) & (grid[..., 1] + fab[..., 1] <= h - 1)
-        mask = visible & inside
-        diff = np.abs(a.astype(np.float32) - warped.astype(np.float32)).mean(-1)
+        err, tol = fb_residual(fab, fba)
+        mask = (err <= tol) & lands_inside(fab)
+        diff = np.abs(a.astype(np.float32) - sample(b, fab).astype(np.float32)).mean(-1)
         errors.append(float(diff[mask].mean()) if mask.any() else 0.0)
     return float(np.mean(errors))
 
@@ -153,6 +161,28 @@ def shake(frames: Clip, rng: np.random.Generator, px: float = SHAKE_PX) -> Clip:
     return np.stack(out)
 
 
+def pan(image: np.ndarray, speed: int, axis: str, frames: int = PAN_FRAMES, size: int = PAN_SIZE) -> Clip:
+    """A camera pan: a size x size window moving `speed` px per frame across the image, along x ('h') or y ('v')."""
+    need = size + (frames - 1) * speed
+    if image.shape[1 if axis == "h" else 0] < need or min(image.shape[:2]) < size:
+        raise SystemExit(f"an image of {image.shape[1]}x{image.shape[0]} is too small for a {speed} px/frame pan")
+    if axis == "h":
+        return np.stack([image[:size, k * speed : k * speed + size] for k in range(frames)])
+    return np.stack([image[k * speed : k * speed + size, :size] for k in range(frames)])
+
+
+def load_pans(data: Path) -> dict[str, Clip]:
+    """The pan cases of issue 12: each PAN_IMAGES entry at each speed, horizontally and vertically."""
+    pans: dict[str, Clip] = {}
+    for label, rel in PAN_IMAGES.items():
+        if (data / rel).is_file():
+            image = _rgb(data / rel)
+            for speed in PAN_SPEEDS:
+                for axis in "hv":
+                    pans[f"{label} {speed}{axis}"] = pan(image, speed, axis)
+    return pans
+
+
 # ------------------------------------------------------------------------------------------------ methods
 
 
@@ -167,6 +197,13 @@ def available_flows() -> dict[str, str]:
     return flows
 
 
+def two_flows(frames: Clip, flow: FlowFn) -> Clip:
+    """The two-flow floor: only the flows a->b and b->a of every pair, which any flow midpoint needs."""
+    for a, b in zip(frames[:-1], frames[1:]):
+        flow(a, b), flow(b, a)
+    return frames
+
+
 def method_table(flows: list[str]) -> dict[str, Method]:
     """Every method with every usable flow backend (crossfade needs none)."""
     methods: dict[str, Method] = {"crossfade": interp.crossfade}
@@ -177,29 +214,93 @@ def method_table(flows: list[str]) -> dict[str, Method]:
     return methods
 
 
+def _half_res_flow(flow: FlowFn, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Flow a->b computed at half resolution and upsampled (how the pre-issue-12 SOFP got its long flows)."""
+    h, w = a.shape[:2]
+    small = flow(*(cv2.resize(x, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for x in (a, b)))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([w / (w // 2), h / (h // 2)])
+
+
+def _route_confidence(route: str, flow: FlowFn, a: np.ndarray, last: np.ndarray, f_next: np.ndarray,
+                      chained: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Eq. 14's confidence for pair (t, t+1) with V_{t->T} taken as the route says."""
+    long, trust = chained
+    chain_c = trust * interp.sofp_confidence(f_next, long) + (1.0 - trust)  # what interp.sofp uses
+    if route == "chain, untrusted":
+        return interp.sofp_confidence(f_next, long)
+    if route.startswith("chain"):
+        return chain_c
+    if route == "before":  # direct V_{t->T} at half resolution, trusted only where forward-backward consistent
+        direct = _half_res_flow(flow, a, last)
+        consistent = consistency(direct, _half_res_flow(flow, last, a))
+        return consistent * interp.sofp_confidence(f_next, direct) + (1.0 - consistent)
+    direct = flow(a, last)
+    c = interp.sofp_confidence(f_next, direct)
+    if route == "direct, checked":  # distrusted where its length differs from the chain's; the chain's c there
+        diff = direct - long
+        tol = 0.0625 * dot(long, long) + 1.0  # within 25% of the chained displacement, or 1 px
+        agree = np.exp(-np.maximum(dot(diff, diff) - tol, 0.0) / tol)
+        c = agree * c + (1.0 - agree) * chain_c
+    return c
+
+
+def sofp_route(frames: Clip, route: str, flow: FlowFn = interp.dis_flow, smooth: float = 6.0) -> Clip:
+    """SOFP (Eq. 14) with one of issue 12's candidate routes for V_{t->T} and for where c is applied.
+
+    'chain': the chain of step flows, trusted where its steps are consistent, c carried to t + 0.5 (what
+    `interp.sofp` does); 'chain, untrusted': trusted everywhere; 'chain, not carried': c used on frame t's grid;
+    'direct': the flow from t to T; 'direct, checked': the direct flow distrusted where its length differs
+    from the chain's; 'before': what sofp did before issue 12 (direct at half resolution, trusted where
+    forward-backward consistent, c not carried).
+    """
+    frames = interp.check_clip(frames)
+    n = len(frames)
+    steps = [(flow(a, b), flow(b, a)) for a, b in zip(frames[:-1], frames[1:])]
+    seen = [(consistency(f, g), consistency(g, f)) for f, g in steps]
+    chained = [(steps[-1][0], seen[-1][0])]  # (V_{t->N-1}, trust), built backward as interp.sofp does
+    for (f, _), (r, _) in zip(reversed(steps[:-1]), reversed(seen[:-1])):
+        chained.insert(0, (f + sample(chained[0][0], f), r * sample(chained[0][1], f)))
+    mids = []
+    for t, ((a, b), (f, g)) in enumerate(zip(zip(frames[:-1], frames[1:]), steps)):
+        if t == n - 2:
+            mids.append(interp.midframe(a, b, f, g, seen=seen[t]))
+            continue
+        c = cv2.GaussianBlur(_route_confidence(route, flow, a, frames[-1], f, chained[t]), (0, 0), smooth)
+        if route in ("chain, not carried", "before"):
+            fade = (a.astype(np.float32) + b.astype(np.float32)) / 2
+            mid = c[..., None] * interp.midframe(a, b, f, g) + (1 - c[..., None]) * fade
+            mids.append(np.clip(np.rint(mid), 0, 255).astype(np.uint8))
+        else:
+            mids.append(interp.midframe(a, b, f, g, c, seen=seen[t]))
+    return np.concatenate([np.stack([k, m]) for k, m in zip(frames[:-1], mids)] + [frames[-1:]])
+
+
+ROUTES = ("before", "direct", "direct, checked", "chain, untrusted", "chain, not carried", "chain")
+
+
 def variant_table() -> dict[str, Method]:
-    """SOFP and midpoint variants (all DIS) that decided sofp's defaults; the first is DESIGN.md's reading."""
+    """SOFP routes and options and midpoint options (all DIS medium unless named) behind sofp's defaults."""
     p = functools.partial
     v: dict[str, Method] = {
         "crossfade": interp.crossfade,
         "flow_midpoint (default)": interp.flow_midpoint,
         "flow_midpoint, no occlusion weights": p(interp.flow_midpoint, occlusion=False),
-        "sofp DESIGN.md reading: scale, smooth 0, no reliability": p(
-            interp.sofp, mode="scale", smooth=0.0, reliability=False
-        ),
-        "sofp scale, smooth 6, no reliability": p(interp.sofp, mode="scale", smooth=6.0, reliability=False),
-        "sofp blend, smooth 6, no reliability": p(interp.sofp, mode="blend", smooth=6.0, reliability=False),
-        "sofp scale, smooth 6, reliability": p(interp.sofp, mode="scale", smooth=6.0, reliability=True),
-        "sofp blend, smooth 0, reliability": p(interp.sofp, mode="blend", smooth=0.0, reliability=True),
-        "sofp blend, smooth 6, reliability (default)": interp.sofp,
-        "sofp default, no occlusion weights": p(interp.sofp, occlusion=False),
-        "sofp default, window 2": p(interp.sofp, window=2),
-        "sofp default, window 4": p(interp.sofp, window=4),
     }
+    for route in ROUTES:
+        v[f"sofp route: {route}"] = p(sofp_route, route=route)
+    v.update({
+        "sofp (default: chain, trusted, carried, blend, smooth 6)": interp.sofp,
+        "sofp smooth 0": p(interp.sofp, smooth=0.0),
+        "sofp smooth 12": p(interp.sofp, smooth=12.0),
+        "sofp mode scale": p(interp.sofp, mode="scale"),
+        "sofp window 2": p(interp.sofp, window=2),
+        "sofp window 4": p(interp.sofp, window=4),
+        "sofp, no occlusion weights": p(interp.sofp, occlusion=False),
+    })
     for preset in ("ultrafast", "fast"):
         fn = p(interp.dis_flow, preset=preset)
         v[f"flow_midpoint, DIS {preset}"] = p(interp.flow_midpoint, flow=fn)
-        v[f"sofp default, DIS {preset}"] = p(interp.sofp, flow=fn)
+        v[f"sofp, DIS {preset}"] = p(interp.sofp, flow=fn)
     return v
 
 
@@ -224,22 +325,38 @@ def eval_sequence(method: Method, clip: Clip) -> tuple[float, float]:
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 
 
+def eval_pan(method: Method, clip: Clip) -> float:
+    """Mean PSNR of the odd frames of a pan rebuilt from the even ones."""
+    out = method(clip[0::2])
+    return float(np.mean([psnr(t, o) for t, o in zip(clip[1::2], out[1::2])]))
+
+
 def eval_shaken(method: Method, kept: Clip) -> tuple[float, float]:
     """Warping error and flicker of the output built from already-shaken kept frames."""
     out = method(kept)
     return warping_error(out), flicker(out)
 
 
-def time_method(method: Method, size: int, frames: Clip, repeats: int = 5) -> float:
-    """Best-of-repeats milliseconds per interpolated frame on frames resized to size x size."""
+def time_methods(methods: dict[str, Method], size: int, frames: Clip, repeats: int) -> dict[str, dict[str, list]]:
+    """Wall-clock and CPU (this process, all threads) milliseconds per interpolated frame of each method on frames
+    resized to size x size, one value per round; the methods run in turn within each round, so a change of
+    machine load hits them all alike."""
     clip = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
-    method(clip[:2])  # warm-up (DIS objects, caches)
-    best = float("inf")
+    for method in methods.values():
+        method(clip[:3])  # warm-up (DIS objects, caches)
+    times: dict[str, dict[str, list]] = {name: {"wall": [], "cpu": []} for name in methods}
     for _ in range(repeats):
-        start = time.perf_counter()
-        method(clip)
-        best = min(best, time.perf_counter() - start)
-    return 1000.0 * best / (len(clip) - 1)
+        for name, method in methods.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            method(clip)
+            times[name]["wall"].append(1000.0 * (time.perf_counter() - wall) / (len(clip) - 1))
+            times[name]["cpu"].append(1000.0 * (time.process_time() - cpu) / (len(clip) - 1))
+    return times
+
+
+def floor_ratio(times: dict[str, dict[str, list]], name: str, floor: str) -> tuple[float, float]:
+    """Time over the floor's time in the same round, median over the rounds: (wall clock, CPU)."""
+    return tuple(float(np.median(np.divide(times[name][k], times[floor][k]))) for k in ("wall", "cpu"))
 
 
 def _speed_source(seqs: dict[str, Clip], triplets: dict[str, list]) -> Clip:
@@ -266,12 +383,194 @@ def machine() -> str:
     return f"{model}, {cores} usable cores, load average {load}, {platform.system()} {platform.release()}"
 
 
-def _row(cells: list) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+class Report:
+    """Markdown lines, printed as they come and written to a file at the end."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def section(self, title: str, text: str) -> None:
+        """A '## title' heading and a paragraph."""
+        for line in (f"## {title}", "", text, ""):
+            self.say(line)
+
+    def table(self, header: list[str], rows: list[list]) -> None:
+        row = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+        for line in [row(header), row(["---"] * len(header)), *[row(r) for r in rows]]:
+            self.say(line)
+        self.say()
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *[_row(r) for r in rows]]
+def _mean(cells: list[tuple[float, ...]], i: int = 0) -> float:
+    return float(np.mean([c[i] for c in cells]))
+
+
+def _pct(new: float, ref: float) -> str:
+    return f"{100 * (new - ref) / ref:+.1f}%"
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Data:
+    """Everything scored: triplets, real sequences, pans, and the shaken kept frames of the sequences."""
+
+    triplets: dict[str, list]
+    seqs: dict[str, Clip]
+    pans: dict[str, Clip]
+    shaken: dict[str, Clip]
+
+
+@dataclass
+class Scores:
+    """Per method: fidelity cells (triplet sets, sequences, mean), pan PSNRs, shaken (warp, flicker) cells."""
+
+    fid: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    pan: dict[str, list[float]] = field(default_factory=dict)
+    smooth: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    speed: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def fidelity_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
+    """Triplets and real sequences: PSNR / SSIM of the rebuilt frames."""
+    r.section("Fidelity: PSNR (dB) / SSIM of rebuilt middle frames",
+              "Triplets: the pair is the whole clip, so `sofp` equals `flow_midpoint` there (D = 1). Sequences: every "
+              "other frame dropped and rebuilt from the kept ones (window = whole clip).")
+    for name, method in methods.items():
+        cells = [eval_triplets(method, t) for t in d.triplets.values()]
+        seq_cells = [eval_sequence(method, clip) for clip in d.seqs.values()]
+        sc.fid[name] = cells + seq_cells + [(_mean(seq_cells, 0), _mean(seq_cells, 1))]
+        print(f"  fidelity {name}: done", file=sys.stderr, flush=True)
+    columns = [f"{k} ({len(v)})" for k, v in d.triplets.items()] + list(d.seqs) + ["sequences mean"]
+    r.table(["method/flow", *columns], [[n, *[f"{p:.2f} / {s:.4f}" for p, s in c]] for n, c in sc.fid.items()])
+
+
+def pan_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
+    """Pans of paintings and a photograph: PSNR of the rebuilt frames, and each sofp's gap to its midpoint."""
+    r.section(f"Pans: PSNR (dB) of rebuilt frames, {PAN_FRAMES} frames of a {PAN_SIZE}x{PAN_SIZE} window",
+              f"Images: {', '.join(f'{k} = `{v}`' for k, v in PAN_IMAGES.items())}. Case `3h`: 3 px/frame horizontally "
+              "(`v`: vertically); the kept frames are 2 x that apart. Last columns: sofp minus flow_midpoint with the "
+              "same flow, worst case and mean.")
+    for name, method in methods.items():
+        sc.pan[name] = [eval_pan(method, clip) for clip in d.pans.values()]
+    rows = []
+    for name, cells in sc.pan.items():
+        ref = sc.pan.get(name.replace("sofp/", "flow_midpoint/")) if name.startswith("sofp/") else None
+        gap = None if ref is None else np.subtract(cells, ref)
+        gaps = ["-", "-"] if gap is None else [f"{gap.min():+.2f}", f"{gap.mean():+.2f}"]
+        rows.append([name, *[f"{p:.2f}" for p in cells], f"{np.mean(cells):.2f}", *gaps])
+    r.table(["method/flow", *d.pans, "mean", "sofp - midpoint: worst", "mean"], rows)
+
+
+def smoothness_section(r: Report, d: Data, methods: dict[str, Method], sc: Scores) -> None:
+    """The shaken sequences: warping error and flicker of the output."""
+    r.section(f"Smoothness on the sequences with a random {SHAKE_PX} px shake per kept frame (seed {SEED})",
+              "warping error: mean |o_t - warp(o_t+1)| (0-255, Farneback flow, occluded pixels masked); flicker: mean "
+              "|o_t-1 - 2 o_t + o_t+1| (0-255). Lower is smoother for both. Cells: warping error / flicker.")
+    for name, method in methods.items():
+        cells = [eval_shaken(method, kept) for kept in d.shaken.values()]
+        sc.smooth[name] = cells + [(_mean(cells, 0), _mean(cells, 1))]
+        print(f"  smoothness {name}: done", file=sys.stderr, flush=True)
+    rows = [[n, *[f"{w:.3f} / {f:.3f}" for w, f in c]] for n, c in sc.smooth.items()]
+    r.table(["method/flow", *d.seqs, "mean"], rows)
+
+
+def speed_section(r: Report, d: Data, methods: dict[str, Method], flows: list[str], sc: Scores) -> None:
+    """ms per interpolated frame at 256 and 512 px, and the ratio to the two-flow floor of the same flow."""
+    timed = dict(methods)
+    for flow in flows:
+        timed[f"two-flow floor/{flow}"] = functools.partial(two_flows, flow=interp.get_flow(flow))
+    source = _speed_source(d.seqs, d.triplets)
+    sc.speed = {size: time_methods(timed, size, source, SPEED_REPEATS) for size in (256, 512)}
+    r.section(f"Speed: ms per interpolated frame, best of {SPEED_REPEATS} rounds on 9 annarbor frames resized",
+              "In each round every row runs once, in turn. x floor: time over the two-flow floor of the same flow "
+              "(the two flows per interpolated frame that the flow midpoint needs too) in the same round, median "
+              "over the rounds, of wall-clock time and of CPU time (all threads of this process; steadier when "
+              "other jobs share the machine, but blind to how well the work spreads over the cores).")
+    rows = []
+    for name in timed:
+        cells = [name]
+        for times in sc.speed.values():
+            best = min(times[name]["wall"])
+            floor = f"two-flow floor/{name.split('/')[-1]}"
+            has_floor = "/" in name and floor in times
+            cells += [f"{best:.1f}", f"{1000 / best:.1f}",
+                      "{:.2f} / {:.2f}".format(*floor_ratio(times, name, floor)) if has_floor else "-"]
+        rows.append(cells)
+    r.table(["method/flow", "256 ms", "256 fps", "256 x floor (wall / CPU)", "512 ms", "512 fps",
+             "512 x floor (wall / CPU)"], rows)
+
+
+def targets_section(r: Report, d: Data, sc: Scores) -> None:
+    """The targets of issue 4 (quality and fps) and issue 12 (pans, sequences, shake, speed), `dis` flow."""
+    r.say("## Targets (issues 4 and 12, `dis` flow)")
+    r.say()
+    checks = []
+    sofp, mid = "sofp/dis", "flow_midpoint/dis"
+    if "Middlebury-other" in d.triplets:
+        mb = list(d.triplets).index("Middlebury-other")
+        for m in (sofp, mid):
+            gain = sc.fid[m][mb][0] - sc.fid["crossfade"][mb][0]
+            checks.append((f"{m} >= 3 dB above crossfade on Middlebury-other", gain >= 3, f"+{gain:.2f} dB"))
+    if d.pans:
+        gaps = np.subtract(sc.pan[sofp], sc.pan[mid])
+        worst = list(d.pans)[int(np.argmin(gaps))]
+        checks.append(("sofp >= flow_midpoint - 0.3 dB on every pan", gaps.min() >= -0.3,
+                       f"worst {gaps.min():+.2f} dB ({worst}), mean {gaps.mean():+.2f} dB"))
+    if d.seqs:
+        gap = sc.fid[sofp][-1][0] - sc.fid[mid][-1][0]
+        checks.append(("sofp >= flow_midpoint - 0.1 dB on the real sequences (mean)", gap >= -0.1, f"{gap:+.3f} dB"))
+        (ws, fs), (wm, fm) = sc.smooth[sofp][-1], sc.smooth[mid][-1]
+        checks.append(("sofp flicker >= 8% below flow_midpoint's on the shaken sequences", fs <= 0.92 * fm,
+                       f"{fs:.3f} vs {fm:.3f} ({_pct(fs, fm)})"))
+        checks.append(("sofp warping error <= 5% above flow_midpoint's on the shaken sequences", ws <= 1.05 * wm,
+                       f"{ws:.3f} vs {wm:.3f} ({_pct(ws, wm)})"))
+    if sc.speed:
+        wall, cpu = floor_ratio(sc.speed[512], sofp, "two-flow floor/dis")
+        checks.append(("sofp/dis at 512x512 <= 2x the two-flow floor (wall clock, median of rounds)", wall <= 2,
+                       f"{wall:.2f}x (CPU time {cpu:.2f}x)"))
+        for m in (sofp, mid):
+            fps256, fps512 = (1000 / min(sc.speed[s][m]["wall"]) for s in (256, 512))
+            checks.append((f"{m} >= 30 fps at 256x256", fps256 >= 30, f"{fps256:.1f} fps"))
+            checks.append((f"{m} >= 10 fps at 512x512", fps512 >= 10, f"{fps512:.1f} fps"))
+    r.table(["target", "met", "measured"], [[t, "yes" if ok else "**no**", v] for t, ok, v in checks])
+
+
+def variants_section(r: Report, d: Data) -> None:
+    """SOFP's routes and options, and midpoint options, against the default flow midpoint (DIS medium)."""
+    r.section("Variants (DIS medium unless named)",
+              "Gaps are to `flow_midpoint (default)`. Pans: worst / mean PSNR gap over the pan cases. Sequences: mean "
+              "PSNR (gap). Shaken: mean warping error and flicker (change). Speed: time per interpolated frame at "
+              "512x512 over the two-flow floor timed in the same round, median over 3 rounds (wall clock / CPU).")
+    source = _speed_source(d.seqs, d.triplets)
+    floor = functools.partial(two_flows, flow=interp.dis_flow)
+    kept = next(iter(d.seqs.values()))[0::2]
+    assert np.array_equal(sofp_route(kept, "chain"), interp.sofp(kept)), "sofp_route('chain') must be interp.sofp"
+    scores = {}
+    for name, method in variant_table().items():
+        mb = eval_triplets(method, d.triplets["Middlebury-other"])[0] if "Middlebury-other" in d.triplets else np.nan
+        shaken = [eval_shaken(method, kept) for kept in d.shaken.values()]
+        scores[name] = {
+            "mb": mb, "pans": [eval_pan(method, clip) for clip in d.pans.values()],
+            "seq": _mean([eval_sequence(method, clip) for clip in d.seqs.values()]),
+            "warp": _mean(shaken, 0), "flick": _mean(shaken, 1),
+            "ratio": floor_ratio(time_methods({"v": method, "floor": floor}, 512, source, 3), "v", "floor"),
+        }
+        print(f"  variant {name}: done", file=sys.stderr, flush=True)
+    ref = scores["flow_midpoint (default)"]
+    rows = []
+    for name, v in scores.items():
+        gaps = np.subtract(v["pans"], ref["pans"])
+        rows.append([name, f"{v['mb']:.2f}", f"{gaps.min():+.2f} / {gaps.mean():+.2f}",
+                     f"{v['seq']:.2f} ({v['seq'] - ref['seq']:+.3f})", f"{v['warp']:.3f} ({_pct(v['warp'], ref['warp'])})",
+                     f"{v['flick']:.3f} ({_pct(v['flick'], ref['flick'])})", "{:.2f} / {:.2f}".format(*v["ratio"])])
+    r.table(["variant", "Middlebury PSNR", "pans gap worst / mean", "sequences PSNR", "shaken warp error",
+             "shaken flicker", "512 x floor (wall / CPU)"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,150 +578,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--variants", action="store_true", help="also score SOFP/midpoint variants")
+    parser.add_argument("--variants", action="store_true", help="also score SOFP routes and options")
     parser.add_argument("--no-speed", action="store_true")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"data folder {args.data} not found (pass --data)", file=sys.stderr)
         return 2
     started = time.time()
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
+    r = Report()
 
     # 1. set-up: machine, versions, flows, data
-    versions = environment_versions()
     flows = available_flows()
     usable = [f for f, why in flows.items() if not why]
     methods = method_table(usable)
-    triplets = load_triplets(args.data)
     seqs = load_sequences(args.data)
     rng = np.random.default_rng(SEED)
-    shaken = {name: shake(clip[0::2], rng) for name, clip in seqs.items()}
-    say("# Interpolation benchmark (paper Sec. III-E)")
-    say()
-    say(f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
-    say(f"- machine (at start): {machine()}; OpenCV threads: {cv2.getNumThreads()}")
-    say("- note: timings depend on what else the machine runs (see the load averages at start and end); "
-        "quality numbers are deterministic.")
-    say("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    say(f"- data: {args.data}")
+    d = Data(load_triplets(args.data), seqs, load_pans(args.data), {k: shake(c[0::2], rng) for k, c in seqs.items()})
+    r.say("# Interpolation benchmark (paper Sec. III-E)")
+    r.say()
+    r.say(f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    r.say(f"- machine (at start): {machine()}; OpenCV threads: {cv2.getNumThreads()}")
+    r.say("- note: timings depend on what else the machine runs (see the load averages at start and end), so "
+          "compare ratios measured in one run; quality numbers are deterministic.")
+    r.say("- versions: " + ", ".join(f"{k} {v}" for k, v in environment_versions().items()))
+    r.say(f"- data: {args.data}")
     for f, why in flows.items():
         if why:
-            say(f"- flow backend `{f}` not run: {why}")
-    say("- sofp defaults: " + ", ".join(f"{k}={v}" for k, v in interp.SOFP_DEFAULTS.items())
-        + f", DIS preset {interp.DEFAULT_DIS_PRESET}, window = whole clip")
-    say()
+            r.say(f"- flow backend `{f}` not run: {why}")
+    r.say("- sofp defaults: " + ", ".join(f"{k}={v}" for k, v in interp.SOFP_DEFAULTS.items())
+          + f", DIS preset {interp.DEFAULT_DIS_PRESET}, window = whole clip")
+    r.say()
 
-    # 2. fidelity
-    say("## Fidelity: PSNR (dB) / SSIM of rebuilt middle frames")
-    say()
-    say("Triplets: the pair is the whole clip, so `sofp` equals `flow_midpoint` there (D = 1). Sequences: every "
-        "other frame dropped and rebuilt from the kept ones (window = whole clip).")
-    say()
-    columns = [f"{k} ({len(v)})" for k, v in triplets.items()] + list(seqs) + ["sequences mean"]
-    fid: dict[str, list[tuple[float, float]]] = {}
-    for name, method in methods.items():
-        cells = [eval_triplets(method, t) for t in triplets.values()]
-        seq_cells = [eval_sequence(method, clip) for clip in seqs.values()]
-        mean = (float(np.mean([c[0] for c in seq_cells])), float(np.mean([c[1] for c in seq_cells])))
-        fid[name] = cells + seq_cells + [mean]
-        print(f"  fidelity {name}: done", file=sys.stderr, flush=True)
-    for line in _table(["method/flow", *columns], [[n, *[f"{p:.2f} / {s:.4f}" for p, s in c]] for n, c in fid.items()]):
-        say(line)
-    say()
-
-    # 3. smoothness on shaken sequences
-    say(f"## Smoothness on the sequences with a random {SHAKE_PX} px shake per kept frame (seed {SEED})")
-    say()
-    say("warping error: mean |o_t - warp(o_t+1)| (0-255, Farneback flow, occluded pixels masked); flicker: mean "
-        "|o_t-1 - 2 o_t + o_t+1| (0-255). Lower is smoother for both. Cells: warping error / flicker.")
-    say()
-    smooth: dict[str, list[tuple[float, float]]] = {}
-    for name, method in methods.items():
-        cells = [eval_shaken(method, kept) for kept in shaken.values()]
-        cells.append((float(np.mean([c[0] for c in cells])), float(np.mean([c[1] for c in cells]))))
-        smooth[name] = cells
-        print(f"  smoothness {name}: done", file=sys.stderr, flush=True)
-    for line in _table(["method/flow", *seqs, "mean"], [[n, *[f"{w:.3f} / {f:.3f}" for w, f in c]] for n, c in smooth.items()]):
-        say(line)
-    say()
-
-    # 4. speed
-    speed: dict[str, dict[int, float]] = {}
+    # 2. fidelity, 3. pans, 4. smoothness, 5. speed, 6. targets, 7. variants (optional)
+    sc = Scores()
+    fidelity_section(r, d, methods, sc)
+    pan_section(r, d, methods, sc)
+    smoothness_section(r, d, methods, sc)
     if not args.no_speed:
-        say("## Speed: ms per interpolated frame (fps = interpolated frames per second), best of 5 runs of 9 annarbor frames resized")
-        say()
-        source = _speed_source(seqs, triplets)
-        for name, method in methods.items():
-            speed[name] = {s: time_method(method, s, source) for s in (256, 512)}
-        for line in _table(
-            ["method/flow", "256x256 ms", "256x256 fps", "512x512 ms", "512x512 fps"],
-            [[n, f"{v[256]:.1f}", f"{1000 / v[256]:.1f}", f"{v[512]:.1f}", f"{1000 / v[512]:.1f}"] for n, v in speed.items()],
-        ):
-            say(line)
-        say()
-
-    # 5. targets (DIS, as set by issue 4)
-    say("## Targets (issue 4, `dis` flow)")
-    say()
-    mb = list(triplets).index("Middlebury-other") if "Middlebury-other" in triplets else None
-    seq_mean = len(triplets) + len(seqs)
-    checks = []
-    if mb is not None:
-        for m in ("sofp/dis", "flow_midpoint/dis"):
-            gain = fid[m][mb][0] - fid["crossfade"][mb][0]
-            checks.append((f"{m} >= 3 dB above crossfade on Middlebury-other", gain >= 3, f"+{gain:.2f} dB"))
-    if seqs:
-        gap = fid["sofp/dis"][seq_mean][0] - fid["flow_midpoint/dis"][seq_mean][0]
-        checks.append(("sofp within 0.5 dB of flow_midpoint on the sequences (mean)", gap >= -0.5, f"{gap:+.2f} dB"))
-        fs, fm = smooth["sofp/dis"][-1][1], smooth["flow_midpoint/dis"][-1][1]
-        checks.append(("sofp flickers less than flow_midpoint on the shaken sequences", fs < fm,
-                       f"{fs:.3f} vs {fm:.3f} ({100 * (fs - fm) / fm:+.1f}%)"))
-        ws, wm = smooth["sofp/dis"][-1][0], smooth["flow_midpoint/dis"][-1][0]
-        checks.append(("(not a target) sofp warping error vs flow_midpoint on the shaken sequences", None,
-                       f"{ws:.3f} vs {wm:.3f} ({100 * (ws - wm) / wm:+.1f}%)"))
-    for m in ("sofp/dis", "flow_midpoint/dis"):
-        if m in speed:
-            checks.append((f"{m} >= 30 fps at 256x256", 1000 / speed[m][256] >= 30, f"{1000 / speed[m][256]:.1f} fps"))
-            checks.append((f"{m} >= 10 fps at 512x512", 1000 / speed[m][512] >= 10, f"{1000 / speed[m][512]:.1f} fps"))
-    for line in _table(["target", "met", "measured"],
-                       [[t, "-" if ok is None else ("yes" if ok else "**no**"), v] for t, ok, v in checks]):
-        say(line)
-    say()
-
-    # 6. variants (optional): the evidence behind sofp's defaults
+        speed_section(r, d, methods, usable, sc)
+    targets_section(r, d, sc)
     if args.variants:
-        say("## Variants (DIS medium unless named)")
-        say()
-        say("Middlebury-other PSNR; sequences mean PSNR / SSIM; shaken sequences mean warping error / flicker; "
-            "ms per interpolated frame at 512x512 (best of 3; noisy on the shared machine).")
-        say()
-        rows = []
-        source = _speed_source(seqs, triplets)
-        for name, method in variant_table().items():
-            mb_psnr = eval_triplets(method, triplets["Middlebury-other"])[0] if "Middlebury-other" in triplets else float("nan")
-            f_cells = [eval_sequence(method, clip) for clip in seqs.values()]
-            s_cells = [eval_shaken(method, kept) for kept in shaken.values()]
-            rows.append([
-                name,
-                f"{mb_psnr:.2f}",
-                f"{np.mean([c[0] for c in f_cells]):.2f} / {np.mean([c[1] for c in f_cells]):.4f}",
-                f"{np.mean([c[0] for c in s_cells]):.3f} / {np.mean([c[1] for c in s_cells]):.3f}",
-                f"{time_method(method, 512, source, repeats=3):.1f}",
-            ])
-            print(f"  variant {name}: done", file=sys.stderr, flush=True)
-        for line in _table(["variant", "Middlebury PSNR", "sequences PSNR / SSIM", "shaken warp err / flicker",
-                            "512 ms"], rows):
-            say(line)
-        say()
+        variants_section(r, d)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    say(f"Total benchmark time: {time.time() - started:.0f} s; load average at the end: {load}.")
+    r.say(f"Total benchmark time: {time.time() - started:.0f} s; load average at the end: {load}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args.out.write_text("\n".join(r.lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -2,8 +2,14 @@
 
 `evaluate_sets` checks the request, loads the networks the requested metrics need (`nadm.metric_networks`),
 computes the real videos' I3D features once, then scores each set of generated videos (`VideoSet`):
-FVD16/KVD16/IS on one 16-frame clip per video, as mean +- std over trials (random subsets), and
-CLIP-text/CLIP-temp/warp/flicker per video, averaged over the set. The math is in `nadm.metrics`.
+FVD16/KVD16 on one 16-frame clip per video, as mean +- std over trials (random subsets), IS on the same
+clips as mean +- std over its splits (of every trial), and CLIP-text/CLIP-temp/warp/flicker per video, averaged
+over the set. The math is in `nadm.metrics`.
+
+Clips of interpolated videos: a generated video made with SOFP has 2N-1 frames, its N generated keyframes at
+the even frames. By default its FVD16/KVD16/IS clip takes the keyframes (`keyframe_step` reads the sidecar),
+so a clip covers the same 16 generated frames as without interpolation; `EvalOptions.keyframes=False` takes
+the first 16 output frames instead.
 
 Reading: each video is decoded at most once per set. Where a set needs only the clips (the real videos, and
 generated sets scored on FVD/KVD/IS alone) a video is read with `nadm.io.read_video(path, indices)`: only the
@@ -24,17 +30,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nadm.errors import NADMError
-from nadm.io import VideoTooShort, read_video
+from nadm.flow import FlowFn
+from nadm.io import VideoTooShort, read_sidecar, read_video
 from nadm.metric_networks import DEFAULT_CLIP_MODEL, C3DProbabilities, ClipScorer, I3DFeatures
 from nadm.metrics import (
     CLIP_FRAMES,
-    FlowFn,
     clip_indices,
     clip_temporal_score,
     clip_text_score,
     flicker_score,
     frechet_distance,
-    inception_score,
+    inception_scores,
     kernel_distance,
     warping_error,
 )
@@ -43,7 +49,8 @@ METRICS = ("fvd", "kvd", "clip_text", "clip_temp", "is", "warp", "flicker")
 NEEDS_REAL = frozenset({"fvd", "kvd"})
 NEEDS_PROMPTS = frozenset({"clip_text"})
 PER_VIDEO = ("clip_text", "clip_temp", "warp", "flicker")  # averaged over the generated videos; whole videos
-TRIAL_METRICS = frozenset({"fvd", "kvd", "is"})  # mean +- std over trials, as in Tables I-IV; one clip per video
+TRIAL_METRICS = frozenset({"fvd", "kvd", "is"})  # one clip per video, drawn in trials (random subsets)
+IS_SPLITS = 10  # StyleGAN-V's IS: mean +- std over 10 splits of the generated clips
 
 
 @dataclass
@@ -54,9 +61,10 @@ class EvalOptions:
     trials: int = 1
     subset_size: int | None = None
     seed: int = 0
-    is_splits: int = 1
+    is_splits: int = IS_SPLITS
     real_stride: int = 1
     fake_stride: int = 1
+    keyframes: bool = True  # interpolated generated videos: clips of their keyframes (see the module docstring)
     weights_dir: str | None = None
     clip_model: str = DEFAULT_CLIP_MODEL
     flow: str = "dis"
@@ -108,6 +116,27 @@ def _clip_rule(path: Path, length: int | None, stride: int) -> range:
         return clip_indices(length, CLIP_FRAMES, stride)
     except ValueError as e:
         raise NADMError(f"{path}: {e}; remove short videos or lower the stride") from e
+
+
+def keyframe_step(path: Path) -> int:
+    """Every how many frames a video's generated keyframes lie, from its sidecar; 1 when it records none.
+
+    `nadm generate` and `nadm compare` record `keyframes` N and `frames_out` M = 2N - 1 (at the top, or under
+    `settings`), `nadm interpolate` records `frames_in` N and `frames_out` M under `interpolation`: N frames
+    evenly among M, every (M - 1) / (N - 1)-th. NADMError when the sidecar's frame count contradicts it.
+    """
+    side = read_sidecar(path) or {}
+    for record in (side, side.get("settings"), side.get("interpolation")):
+        if not isinstance(record, dict):
+            continue
+        n, m = record.get("keyframes", record.get("frames_in")), record.get("frames_out")
+        if not (isinstance(n, int) and isinstance(m, int) and 2 <= n < m and (m - 1) % (n - 1) == 0):
+            continue
+        if side.get("frames", m) != m:
+            raise NADMError(f"{path}: its sidecar names {n} keyframes of {m} frames but the video has "
+                            f"{side['frames']}; pass --all-frames to score its first frames")
+        return (m - 1) // (n - 1)
+    return 1
 
 
 class _ClipBatcher:
@@ -197,7 +226,8 @@ def check_request(fakes: Sequence[VideoSet], real: Sequence[Path] | None, opt: E
             k = trial_size(len(s.paths), opt.trials, opt.subset_size, f"the set {s.label}")
             if "is" in want and opt.is_splits > k:
                 raise NADMError(
-                    f"{opt.is_splits} IS splits need at least that many videos per trial, {s.label} has {k}"
+                    f"{opt.is_splits} IS splits need at least that many videos per trial, {s.label} has {k}: "
+                    f"pass --is-splits N with N <= {k}"
                 )
         if want & NEEDS_PROMPTS and (s.prompts is None or len(s.prompts) != len(s.paths)):
             raise NADMError(f"{s.label}: clip_text needs one prompt per generated video (--prompts FILE)")
@@ -229,11 +259,14 @@ def _score_set(
     c3d = _ClipBatcher(nets.c3d, opt.batch_size) if nets.c3d is not None else None
     batchers = [b for b in (i3d, c3d) if b is not None]
     per_video: dict[str, list[float]] = {m: [] for m in PER_VIDEO if m in want}
+    strides: set[int] = set()
     bar = tqdm(fake.paths, desc=f"{fake.label}", unit="video", disable=not opt.progress, file=sys.stderr)
     for i, path in enumerate(bar):
         frames = read_video(path)[0] if per_video else None
         if batchers:
-            clip = read_clip(path, opt.fake_stride, frames)
+            stride = opt.fake_stride * (keyframe_step(path) if opt.keyframes else 1)
+            strides.add(stride)
+            clip = read_clip(path, stride, frames)
             for batcher in batchers:
                 batcher.add(clip)
         if frames is None:
@@ -253,21 +286,23 @@ def _score_set(
             raise NADMError(f"{path}: {e}") from e
 
     # 2. FVD/KVD/IS on the trials' subsets (one seeded generator per set: every set sees the same draws)
+    #    (IS: each trial's clips shuffled, then split, as StyleGAN-V does; every split's score is one value)
     results: dict[str, Any] = {}
     rng = np.random.default_rng(opt.seed)
+    clips = {"fake_clip_strides": sorted(strides)}
     if i3d is not None:
         fake_feats = i3d.result()
         pairs = list(zip(subsets(len(real_feats), opt.trials, opt.subset_size, rng),
                          subsets(len(fake_feats), opt.trials, opt.subset_size, rng)))
-        sizes = {"real_per_trial": len(pairs[0][0]), "fake_per_trial": len(pairs[0][1])}
+        sizes = {"real_per_trial": len(pairs[0][0]), "fake_per_trial": len(pairs[0][1]), **clips}
         for name, fn in (("fvd", frechet_distance), ("kvd", kernel_distance)):
             if name in want:
                 results[name] = _summary([fn(real_feats[r], fake_feats[f]) for r, f in pairs], **sizes)
     if c3d is not None:
         probs = c3d.result()
         parts = subsets(len(probs), opt.trials, opt.subset_size, rng)
-        values = [inception_score(probs[idx], opt.is_splits) for idx in parts]
-        results["is"] = _summary(values, fake_per_trial=len(parts[0]), splits=opt.is_splits)
+        values = np.concatenate([inception_scores(probs[rng.permutation(idx)], opt.is_splits) for idx in parts])
+        results["is"] = _summary(values, fake_per_trial=len(parts[0]), splits=opt.is_splits, trials=len(parts), **clips)
 
     # 3. per-video metrics: mean and spread over the videos
     for name, values in per_video.items():
@@ -280,8 +315,9 @@ def evaluate_sets(
 ) -> dict[str, dict[str, Any]]:
     """Every requested metric of Sec. IV-C2 for each set of generated videos: {label: {metric: summary}}.
 
-    A summary is {"mean", "std", "values", ...}: FVD, KVD and IS have one value per trial (std over trials);
-    CLIP-text, CLIP-temp, warp and flicker one value per generated video (std over videos).
+    A summary is {"mean", "std", "values", ...}: FVD and KVD have one value per trial (std over trials), IS one
+    per split of every trial (std over those); CLIP-text, CLIP-temp, warp and flicker one value per generated
+    video (std over videos).
     """
     opt = options or EvalOptions()
     want = check_request(fakes, real, opt)

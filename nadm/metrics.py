@@ -13,15 +13,14 @@ videos (trials, the tables of Tables I-IV) in `nadm.evaluation`.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
-import cv2
 import numpy as np
 import scipy.linalg
 from scipy.special import xlogy
 
+from nadm.flow import FlowFn, fb_residual, lands_inside, sample
+
 CLIP_FRAMES = 16  # FVD16 / KVD16 / IS: 16-frame clips (Sec. IV-C2)
-FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------- distance math
@@ -72,21 +71,32 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(term_aa + term_bb - 2.0 * k_ab.mean())
 
 
-def inception_score(probs: np.ndarray, splits: int = 1) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) over `(n, classes)` probabilities, averaged over splits: IS (Sec. IV-C2)."""
+def inception_scores(probs: np.ndarray, splits: int) -> np.ndarray:
+    """exp(E_x KL(p(y|x) || p(y))) of each of `splits` consecutive parts of `(n, classes)` probabilities: IS.
+
+    Part i holds rows i*n//splits up to (i+1)*n//splits, as StyleGAN-V splits them; its IS (Sec. IV-C2) is
+    reported as the mean +- std over the parts. Returns `(splits,)` float64.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] < 2:
         raise ValueError(f"probs must be an (n, classes) array with n >= 1 and classes >= 2, got shape {p.shape}")
     if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
         raise ValueError("probs must be non-negative rows summing to 1 (class probabilities, not logits)")
-    if not 1 <= splits <= p.shape[0]:
-        raise ValueError(f"splits must be between 1 and the number of samples ({p.shape[0]}), got {splits}")
+    n = p.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     scores = []
-    for part in np.array_split(p, splits):  # consecutive, near-equal parts
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
         marginal = part.mean(axis=0, keepdims=True)
         kl = (xlogy(part, part) - xlogy(part, marginal)).sum(axis=1)  # 0 log 0 = 0
         scores.append(np.exp(kl.mean()))
-    return float(np.mean(scores))
+    return np.array(scores)
+
+
+def inception_score(probs: np.ndarray, splits: int = 1) -> float:
+    """The mean over `splits` consecutive parts of the Inception Score of `(n, classes)` probabilities (Sec. IV-C2)."""
+    return float(inception_scores(probs, splits).mean())
 
 
 # ---------------------------------------------------------------------------------- clips and frames
@@ -160,25 +170,14 @@ def flicker_score(frames: np.ndarray) -> float:
     return float(np.mean(diffs))
 
 
-def _grid(h: int, w: int) -> np.ndarray:
-    """(H, W, 2) float32 pixel coordinates (x, y)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.stack([xs, ys], axis=-1)
-
-
 def _valid_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """(H, W) bool: the forward flow lands inside the frame and the backward flow there brings it back.
 
-    Forward-backward consistency as in Ruder et al. 2016 / Lai et al. 2018:
+    Forward-backward consistency as in Ruder et al. 2016 / Lai et al. 2018 (`nadm.flow.fb_residual`):
     |f + b(x + f)|^2 <= 0.01 (|f|^2 + |b(x + f)|^2) + 0.5.
     """
-    h, w = forward.shape[:2]
-    target = _grid(h, w) + forward
-    inside = (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
-    back = cv2.remap(backward, target, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    err = np.sum((forward + back) ** 2, axis=-1)
-    tol = 0.01 * (np.sum(forward**2, axis=-1) + np.sum(back**2, axis=-1)) + 0.5
-    return inside & (err <= tol)
+    err, tol = fb_residual(forward, backward)
+    return lands_inside(forward) & (err <= tol)
 
 
 def warping_error(frames: np.ndarray, flow: FlowFn) -> float:
@@ -201,7 +200,7 @@ def warping_error(frames: np.ndarray, flow: FlowFn) -> float:
         mask = _valid_mask(forward, backward)
         if not mask.any():
             continue
-        warped = cv2.remap(b, _grid(h, w) + forward, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = sample(b, forward)  # frame t+1 warped back onto frame t
         sq = np.sum(((a.astype(np.float32) - warped.astype(np.float32)) / 255.0) ** 2, axis=-1)  # (H, W)
         errors.append(float(sq[mask].mean()))
     if not errors:

@@ -114,7 +114,7 @@ def test_each_video_is_decoded_once_and_clips_only_as_far_as_needed(video_dirs, 
 
     monkeypatch.setattr(evaluation, "read_video", spy)
     real_paths = list_videos(real)
-    opt = dict(weights_dir=str(weights_dir), device="cpu", progress=False, batch_size=2)
+    opt = dict(weights_dir=str(weights_dir), device="cpu", progress=False, batch_size=2, is_splits=1)
 
     clips_only = evaluation.evaluate_sets([evaluation.VideoSet("g", fakes)], real_paths,
                                           evaluation.EvalOptions(metrics=("fvd", "is"), **opt))
@@ -134,7 +134,7 @@ def test_evaluate_too_short_video_is_a_one_line_error(weights_dir, tmp_path, cap
     for i, n in enumerate((20, 12)):
         write_video(translating(n, 32, 48, seed=60 + i), tmp_path / "fake" / f"v{i}.mp4", fps=8)
     code, _, stderr = _run_cli(["evaluate", "--fake", str(tmp_path / "fake"), "--metrics", "is", "--weights-dir",
-                                str(weights_dir), "--device", "cpu", "--quiet"], capsys)
+                                str(weights_dir), "--device", "cpu", "--quiet", "--is-splits", "1"], capsys)
     assert code == 2 and stderr.count("\n") == 1
     assert "v1.mp4: a 16-frame clip at stride 1 needs 16 frames, the video has 12; remove short videos" in stderr
 
@@ -175,7 +175,7 @@ def test_evaluate_end_to_end(video_dirs, weights_dir, clip_dir, tmp_path, capsys
     out = tmp_path / "scores.json"
     args = ["evaluate", "--real", str(real), "--fake", str(fake), "--weights-dir", str(weights_dir),
             "--clip-model", str(clip_dir), "--device", "cpu", "--trials", "3", "--subset-size", "3",
-            "--json", str(out), "--quiet", "--batch-size", "2"]
+            "--json", str(out), "--quiet", "--batch-size", "2", "--is-splits", "1"]
     code, stdout, stderr = _run_cli(args, capsys)
     assert code == 0, stderr
     header = stdout.splitlines()[0]
@@ -319,3 +319,102 @@ def test_compare_with_the_real_pipeline_on_tiny_models(tmp_path, capsys):
     assert side["settings"]["motion"]["kind"] == "animatediff"
     assert json.loads((tmp_path / "out" / "nadm" / "0000_seed0.mp4.json").read_text())["settings"]["motion"]["kind"] == "nadm"
     assert results["nadm"]["flicker"]["mean"] != results["animatediff"]["flicker"]["mean"]
+
+
+# ------------------------------------------------------------------ IS splits and interpolated videos
+
+
+class _RecordingC3D:
+    """C3DProbabilities stand-in: records which frames each clip holds (red = 4 x frame index) and returns
+    probabilities set by the video's number (green = 10 x video number), 0.6 on class (number % 5)."""
+
+    seen: list[list[int]] = []
+
+    def __init__(self, weights_dir=None, device=None) -> None:
+        pass
+
+    def __call__(self, clips):
+        rows = []
+        for clip in clips:
+            type(self).seen.append([int(v) // 4 for v in clip[:, 0, 0, 0]])
+            row = np.full(5, 0.1)
+            row[int(clip[0, 0, 0, 1]) // 10 % 5] = 0.6
+            rows.append(row)
+        return np.array(rows)
+
+
+def _numbered_video(path: Path, frames: int, number: int = 0, metadata: dict | None = None) -> Path:
+    """A lossless frame folder whose frame t is red 4 t (t < 64), green 10 x number, with a sidecar."""
+    from nadm.io import write_video
+
+    video = np.zeros((frames, 16, 16, 3), np.uint8)
+    video[..., 0] = (4 * np.arange(frames))[:, None, None]
+    video[..., 1] = 10 * number
+    return write_video(video, path, fps=8, metadata=metadata or {})
+
+
+@pytest.fixture
+def recording_c3d(monkeypatch):
+    monkeypatch.setattr(evaluation, "C3DProbabilities", _RecordingC3D)
+    _RecordingC3D.seen = []
+    return _RecordingC3D
+
+
+def test_is_defaults_to_ten_splits_of_the_shuffled_clips_mean_and_std(tmp_path, recording_c3d):
+    paths = [_numbered_video(tmp_path / f"v{i:02d}", 16, number=i) for i in range(20)]
+    assert evaluation.EvalOptions().is_splits == 10
+    got = evaluation.evaluate_sets([evaluation.VideoSet("g", paths)], None,
+                                   evaluation.EvalOptions(metrics=("is",), progress=False))["g"]["is"]
+    # known answer: StyleGAN-V's rule (shuffle, 10 consecutive parts, mean and population std of the parts)
+    probs = np.full((20, 5), 0.1)
+    probs[np.arange(20), np.arange(20) % 5] = 0.6
+    parts = metrics.inception_scores(probs[np.random.default_rng(0).permutation(20)], 10)
+    assert len(got["values"]) == 10 and got["splits"] == 10 and got["trials"] == 1
+    assert got["mean"] == pytest.approx(parts.mean()) and got["std"] == pytest.approx(parts.std())
+    assert got["std"] > 0  # the shuffle mixes the classes unevenly over the parts of 2
+    # unshuffled, every part holds two neighbouring classes: p(y) = 0.35, 0.35, 0.1, 0.1, 0.1
+    pair = np.exp(0.6 * np.log(0.6 / 0.35) + 0.1 * np.log(0.1 / 0.35))
+    np.testing.assert_allclose(metrics.inception_scores(probs, 10), [pair] * 10)
+
+
+def test_inception_scores_split_like_stylegan_v():
+    probs = np.eye(3)[[0, 1, 2, 0, 1, 2, 0]]  # 7 certain predictions, parts of 7 // 3: rows 0-1, 2-3, 4-6
+    np.testing.assert_allclose(metrics.inception_scores(probs, 3), [2.0, 2.0, 3.0])
+    assert metrics.inception_score(probs, 3) == pytest.approx(7 / 3)
+
+
+@pytest.mark.parametrize("metadata, frames, step", [
+    ({"keyframes": 16, "frames_out": 31}, 31, 2),  # nadm generate: 16 keyframes, SOFP to 31
+    ({"settings": {"keyframes": 16, "frames_out": 31}}, 31, 2),  # nadm compare
+    ({"interpolation": {"frames_in": 16, "frames_out": 61, "times": 2}}, 61, 4),  # nadm interpolate --times 2
+    ({"keyframes": 20, "frames_out": 20}, 20, 1),  # generated without interpolation
+    ({}, 20, 1),  # no record: the video's own frames
+])
+def test_interpolated_videos_are_scored_on_their_generated_keyframes(tmp_path, recording_c3d, metadata, frames, step):
+    path = _numbered_video(tmp_path / "v", frames, metadata=metadata)
+    assert evaluation.keyframe_step(path) == step
+    opt = dict(metrics=("is",), progress=False, is_splits=1)
+    evaluation.evaluate_sets([evaluation.VideoSet("g", [path] * 2)], None, evaluation.EvalOptions(**opt))
+    assert recording_c3d.seen == [list(range(0, 16 * step, step))] * 2
+    recording_c3d.seen = []
+    evaluation.evaluate_sets([evaluation.VideoSet("g", [path] * 2)], None, evaluation.EvalOptions(**opt, keyframes=False))
+    assert recording_c3d.seen == [list(range(16))] * 2
+
+
+def test_keyframes_and_stride_compose_and_a_contradicting_sidecar_is_a_user_error(tmp_path, recording_c3d, capsys):
+    path = _numbered_video(tmp_path / "fake" / "v", 61, metadata={"keyframes": 31, "frames_out": 61})
+    opt = evaluation.EvalOptions(metrics=("is",), progress=False, is_splits=1, fake_stride=2)
+    result = evaluation.evaluate_sets([evaluation.VideoSet("g", [path] * 2)], None, opt)
+    assert recording_c3d.seen == [list(range(0, 61, 4))[:16]] * 2 and result["g"]["is"]["fake_clip_strides"] == [4]
+    bad = _numbered_video(tmp_path / "bad" / "v", 20, metadata={"keyframes": 16, "frames_out": 31})
+    code, _, stderr = _run_cli(["evaluate", "--fake", str(bad.parent), "--metrics", "is", "--is-splits", "1",
+                                "--quiet"], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert "names 16 keyframes of 31 frames but the video has 20; pass --all-frames" in stderr
+
+
+def test_evaluate_help_states_keyframes_and_is_splits(capsys):
+    code, stdout, _ = _run_cli(["evaluate", "--help"], capsys)
+    text = " ".join(stdout.split())
+    assert code == 0 and "16 generated keyframes by default" in text and "--all-frames" in text
+    assert "--is-splits INTEGER Inception Score splits (mean ± std). [default: 10]" in text

@@ -131,6 +131,110 @@ def test_sofp_confidence_is_eq14_clipped():
     assert np.isfinite(still).all()
 
 
+def _pan(image: np.ndarray, speed: int, frames: int = 17, size: int = 96) -> np.ndarray:
+    """A camera pan: a size x size window moving `speed` px per frame to the right across image."""
+    return np.stack([image[:size, k * speed : k * speed + size] for k in range(frames)])
+
+
+def _rebuilt_psnr(method, clip: np.ndarray) -> float:
+    """Mean PSNR of the odd frames of clip rebuilt from the even ones."""
+    out = method(clip[0::2])
+    return float(np.mean([_psnr(o, t) for o, t in zip(out[1::2], clip[1::2])]))
+
+
+def _painting(shared_data: Path) -> np.ndarray:
+    path = shared_data / "paintings" / "stevenling_landscape" / "shanshui_test_127.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("speed", [2, 4, 8])
+def test_sofp_keeps_up_with_the_flow_midpoint_on_a_pan_of_texture(speed):
+    # a steady pan: every step continues to T, D_t = T - t >= 1, so SOFP must not fall back to a cross-fade
+    # (a direct long flow loses such motion: 16 steps of 8 px are 128 px, the width of the frame)
+    tex = cv2.GaussianBlur(_texture(128, 128 + 16 * speed, seed=3), (0, 0), 3.0)
+    clip = _pan(_shifted(tex / tex.std(), 0, 0), speed, size=128)
+    sofp, mid = (_rebuilt_psnr(m, clip) for m in (interp.sofp, interp.flow_midpoint))
+    assert sofp >= mid - 0.3, (sofp, mid)
+    assert mid > _rebuilt_psnr(interp.crossfade, clip) + 5  # the pan is one the flow follows
+
+
+@pytest.mark.parametrize("speed", [2, 4, 8])
+def test_sofp_keeps_up_with_the_flow_midpoint_on_a_pan_of_a_painting(shared_data, speed):
+    clip = _pan(_painting(shared_data)[100:], speed, size=128)
+    sofp, mid = (_rebuilt_psnr(m, clip) for m in (interp.sofp, interp.flow_midpoint))
+    assert sofp >= mid - 0.3, (sofp, mid)
+
+
+def test_zero_motion_gives_the_frames_back(shared_data):
+    still = np.ascontiguousarray(np.stack([_painting(shared_data)[100:196, 100:196]] * 5))
+    out = interp.sofp(still)
+    assert out.shape == (9, 96, 96, 3)
+    assert all(np.array_equal(frame, still[0]) for frame in out)
+
+
+def test_sofp_damps_a_jittering_motion():
+    # the texture jumps 3 px right and back, again and again, ending where it started: a step from the start
+    # position moves away from frame T for good (D = 0): its middle frame is the cross-fade; a step back to
+    # it continues to T (D = 1): the flow midpoint. The result flickers less than the flow midpoint's
+    tex = _texture(64, 96, seed=5)
+    clip = np.stack([_shifted(tex, 3 * (k % 2), 0) for k in range(9)])
+    out, mid, fade = interp.sofp(clip), interp.flow_midpoint(clip), interp.crossfade(clip)
+    assert all(_psnr(out[k], fade[k]) > 40 and _psnr(mid[k], fade[k]) < 30 for k in range(1, 15, 4))
+    assert all(_psnr(out[k], mid[k]) > 40 for k in range(3, 17, 4))
+
+    def second_difference(x):
+        x = x.astype(np.float32)
+        return np.abs(x[:-2] - 2 * x[1:-1] + x[2:]).mean()
+
+    assert second_difference(out) < 0.9 * second_difference(mid)
+
+
+def test_a_chain_through_frames_the_flow_cannot_follow_is_not_trusted():
+    # a pan, then unrelated frames: the chain from a pan frame to T runs through steps that fail the
+    # forward-backward check, so it says nothing about the pan and the pan's middle frames are flow midpoints
+    tex = cv2.GaussianBlur(_texture(96, 176, seed=3), (0, 0), 3.0)
+    pan = _pan(_shifted(tex / tex.std(), 0, 0), 8, frames=6, size=96)
+    clip = np.concatenate([pan, np.stack([_shifted(_texture(96, 96, seed=20 + k), 0, 0) for k in range(4)])])
+    out, mid = interp.sofp(clip), interp.flow_midpoint(clip)
+    np.testing.assert_array_equal(out[1:11:2], mid[1:11:2])
+
+
+def test_confidence_is_carried_to_half_time_along_the_flow():
+    # a moves 8 px right into b; c = 1 left of column 40 of a, 0 from there on. The output pixel x at t + 0.5
+    # comes from a's pixel x - 4, so the damping starts at column 44 of the output, not 40
+    tex = _texture(48, 112, seed=7)
+    a, b = _shifted(tex, 0, 0), _shifted(tex, 8, 0)
+    fab, fba = np.zeros((48, 112, 2), np.float32), np.zeros((48, 112, 2), np.float32)
+    fab[..., 0], fba[..., 0] = 8, -8
+    c = np.zeros((48, 112), np.float32)
+    c[:, :40] = 1
+    out = interp.midframe(a, b, fab, fba, c).astype(int)
+    warped, fade = interp.midframe(a, b, fab, fba).astype(int), interp.crossfade(np.stack([a, b]))[1].astype(int)
+    np.testing.assert_array_equal(out[:, 12:43], warped[:, 12:43])
+    assert np.abs(out[:, 45:100] - fade[:, 45:100]).max() <= 1
+    assert np.abs(out[:, 45:100] - warped[:, 45:100]).mean() > 5
+
+
+def test_chain_follows_each_pixel_along_the_step_flows():
+    h, w = 20, 60
+    first = np.zeros((h, w, 2), np.float32)
+    first[..., 0] = 3.0
+    second = np.zeros((h, w, 2), np.float32)
+    second[..., 0] = np.arange(w, dtype=np.float32) / 10  # moves x by x / 10
+    second[..., 1] = 1.0
+    trust = np.ones((h, w), np.float32)
+    got, got_trust = interp.chain([(first, trust), (second, np.where(np.arange(w) < 30, 1.0, 0.5).astype(np.float32))])
+    x = np.arange(w, dtype=np.float32)
+    np.testing.assert_allclose(got[5:-5, 5:-10, 0], np.broadcast_to(3 + (x[5:-10] + 3) / 10, (h - 10, w - 15)),
+                               atol=1e-4)
+    np.testing.assert_allclose(got[..., 1], 1.0)
+    # the trust is the second step's consistency where each pixel lands after the first step (x + 3)
+    np.testing.assert_allclose(got_trust[:, :26], 1.0)
+    np.testing.assert_allclose(got_trust[:, 28:], 0.5)
+
+
 @pytest.mark.parametrize("method", list(interp.METHODS))
 def test_identical_frames_give_the_same_frame(method):
     frame = _shifted(_texture(40, 56), 0, 0)

@@ -38,8 +38,9 @@ Metrics (--metrics, comma-separated, default all):
              over every frame, then over videos. Needs prompts.
   clip_temp  cosine between CLIP embeddings of consecutive frames, mean over
              every pair, then over videos.
-  is         Inception Score from C3D (UCF-101) class probabilities, over
-             --is-splits splits (default 1, as TGAN-v2).
+  is         Inception Score from C3D (UCF-101) class probabilities: mean ±
+             std over --is-splits splits of the shuffled clips (default 10,
+             as StyleGAN-V; with --trials, over the splits of every trial).
   warp       flow warping error (Lai et al. 2018): frame t+1 warped back onto
              frame t with the flow t->t+1, squared RGB error in [0, 1] over
              non-occluded pixels (forward-backward check), mean over pairs.
@@ -53,11 +54,20 @@ resizes to 224x224 itself, C3D gets 128x128 and uses the centre 112x112.
 CLIP, warp and flicker use every frame of each generated video.
 
 \b
+Interpolated videos: a generated video made with SOFP (2N-1 frames at twice
+the frame rate) is scored on its 16 generated keyframes by default, not on
+its first 16 frames: its sidecar (VIDEO.json, from nadm generate, compare or
+interpolate) says which frames those are (every 2nd; every 2^K-th after
+--times K), and --fake-stride counts keyframes. --all-frames scores the first
+16 output frames instead. Videos without such a sidecar use their frames.
+
+\b
 Trials: with --trials 1 (default) FVD/KVD/IS use the full sets. With T > 1 each
 trial draws a random subset without replacement (--subset-size videos, default
 half of each set) of the real and of the generated clips, and the table shows
-mean ± std over the T trials, as the paper's tables do. FVD depends on the
-number of clips: compare only numbers computed with the same sizes.
+FVD/KVD as mean ± std over the T trials, as the paper's tables do (IS: over the
+splits of every trial). FVD depends on the number of clips: compare only
+numbers computed with the same sizes.
 """
 
 
@@ -147,7 +157,7 @@ def write_json(path: Path, data: dict[str, Any], overwrite: bool) -> None:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table like the paper's: one row per set, mean ± std where there are several trials."""
+    """A plain-text table like the paper's: one row per set, mean ± std where there are several values."""
     metrics = [m for m in COLUMNS if any(m in r for r in results.values())]
     header = ["videos"] + [COLUMNS[m][0] for m in metrics]
     rows = []
@@ -199,9 +209,11 @@ def eval_options(f: Callable) -> Callable:
         click.option("--subset-size", type=int, default=None,
                      help="Videos per set in each trial [default: half of each set]."),
         click.option("--seed", type=int, default=0, **shown, help="Seed of the trials' subsets."),
-        click.option("--is-splits", type=int, default=1, **shown, help="Inception Score splits."),
+        click.option("--is-splits", type=int, default=10, **shown, help="Inception Score splits (mean ± std)."),
         click.option("--real-stride", type=int, default=1, **shown, help="Frame step of the real 16-frame clips."),
         click.option("--fake-stride", type=int, default=1, **shown, help="Frame step of the generated clips."),
+        click.option("--keyframes/--all-frames", default=True, **shown,
+                     help="Interpolated generated videos: clips of their generated keyframes, or of all frames."),
         click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", **shown,
                      help="Optical flow for the warping error."),
         click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
@@ -234,6 +246,7 @@ def options_from(kw: dict[str, Any]) -> EvalOptions:
         is_splits=kw["is_splits"],
         real_stride=kw["real_stride"],
         fake_stride=kw["fake_stride"],
+        keyframes=kw["keyframes"],
         weights_dir=kw["weights_dir"],
         clip_model=kw["clip_model"] or DEFAULT_CLIP_MODEL,
         flow=kw["flow"],
