@@ -436,9 +436,7 @@ class NADMPipeline:
         """
         import torch
 
-        from nadm.loops import interpolate_keyframes
-        from nadm.sampling import OnePrompt
-        from nadm.travel import check_travel, describe, travel_schedule
+        from nadm.travel import check_travel, describe
         from nadm.windows import plan_windows
 
         # 1. check the request (the window plan bounds the frames, not the position table); draw a seed when none is
@@ -455,14 +453,8 @@ class NADMPipeline:
         show = self.progress if progress is None else progress
         clock, timings = _Clock(self.device), {}
         with torch.inference_mode():
-            # 2. text embeddings (b, 77, dim): b = 2 [negative, prompt] with guidance, else 1 [prompt]
-            if travel is not None:  # per-frame text (b, f, 77, dim): each key prompt encoded once
-                text = travel_schedule(self.encode_prompt, travel, negative_prompt, guidance > 1, num_frames, loop,
-                                       travel_interp)  # fmt: skip
-            elif guidance > 1:  # classifier-free guidance needs the unconditional branch
-                text = OnePrompt(self.encode_prompt([negative_prompt or "", prompt], ["negative prompt", "prompt"]))
-            else:
-                text = OnePrompt(self.encode_prompt([prompt]))
+            # 2. text embeddings per frame (nadm.sampling's text schedule): [negative, prompt] with guidance
+            text = self._text(prompt, travel, negative_prompt, guidance, num_frames, loop, travel_interp)
             timings["encode"] = clock.lap()
             # 3-4. z_T -> z_0 (the one denoising loop)
             shape = (1, self.latent_channels, num_frames, height // self.vae_scale, width // self.vae_scale)
@@ -478,21 +470,39 @@ class NADMPipeline:
         # 6. SOFP interpolation N -> 2N-1 (2N for a loop; Sec. III-E), on the decoded RGB frames; T within C for long clips
         frames, interpolation = keyframes, None
         if interpolate:
-            from nadm.interpolate import SOFP_DEFAULTS
-
-            window = plan.context if num_frames > plan.context else None
-            frames = interpolate_keyframes(keyframes, flow, loop, window, show)
-            if condition is not None:  # the new in-between frames too
-                frames = condition.finish(frames, range(1, len(frames), 2))
+            frames, interpolation = self._interpolate(keyframes, flow, loop, plan, condition, show)
             timings["interpolate"] = clock.lap()
-            interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
-            interpolation.update(window=window, loop=bool(loop))
 
         # 7. everything needed to reproduce the clip
         settings = self._settings(request, scheduler, (height, width), len(keyframes), len(frames), interpolation)
         if condition is not None:  # the painting's inputs (SHA-256), fit, strength, ...
             settings.update(condition.settings())
         return VideoResult(frames, keyframes, settings, timings)
+
+    def _text(self, prompt, travel, negative_prompt, guidance, num_frames, loop, travel_interp) -> TextSchedule:
+        """Step 2 of `__call__`: the text schedule, embeddings (b, 77, dim) per frame, b = 2 [negative, prompt] with
+        guidance, else 1 [prompt]; a travelling prompt encodes each key prompt once (nadm.travel)."""
+        from nadm.sampling import OnePrompt
+        from nadm.travel import travel_schedule
+
+        if travel is not None:
+            return travel_schedule(self.encode_prompt, travel, negative_prompt, guidance > 1, num_frames, loop, travel_interp)
+        if guidance > 1:  # classifier-free guidance needs the unconditional branch
+            return OnePrompt(self.encode_prompt([negative_prompt or "", prompt], ["negative prompt", "prompt"]))
+        return OnePrompt(self.encode_prompt([prompt]))
+
+    def _interpolate(self, keyframes, flow, loop, plan, condition, progress) -> tuple[np.ndarray, dict]:
+        """Step 6 of `__call__`: SOFP on the decoded frames (Sec. III-E; the pair (last, first) too for a loop, T within
+        one context window for long clips), a painting's pixels composited into the new frames; (frames, settings)."""
+        from nadm.interpolate import SOFP_DEFAULTS
+        from nadm.loops import interpolate_keyframes
+
+        window = plan.context if len(keyframes) > plan.context else None
+        frames = interpolate_keyframes(keyframes, flow, loop, window, progress)
+        if condition is not None:  # the new in-between frames too
+            frames = condition.finish(frames, range(1, len(frames), 2))
+        interpolation = {"method": "sofp", "flow": flow if isinstance(flow, str) else repr(flow), **SOFP_DEFAULTS}
+        return frames, {**interpolation, "window": window, "loop": bool(loop)}
 
     def _check_call(self, prompt, num_frames, height, width, steps, guidance, seed, interpolate, eta) -> None:
         """Step 1 of `__call__`: InvalidRequest naming the first argument the sampler cannot honour."""
