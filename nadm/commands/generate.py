@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
+from nadm.commands.options import motion_lora_option, parse_motion_loras
 from nadm.errors import NADMError
 from nadm.pipeline import BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_request
 
@@ -94,6 +95,7 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
               help="For a single-file --base: a diffusers folder (or hub id) with the same architecture's configs.")
 @click.option("--motion", help=f"NADM checkpoint folder or AnimateDiff motion weights [default: {DEFAULT_MOTION}, the baseline].")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="LoRA fused into the base (repeatable; scale 1 by default).")
+@motion_lora_option
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1 frames.")
 @click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
               help="Optical flow for interpolation (raft needs torchvision).")
@@ -109,7 +111,7 @@ def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
-             base_config, motion, loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
+             base_config, motion, loras, motion_loras, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling, cpu_offload,
              compile_mode, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
     from nadm.io import check_output_path, read_sidecar
@@ -124,6 +126,7 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise NADMError(f"--fps must be a positive number, got {fps}")
     lora_specs = tuple(LoraSpec.parse(spec) for spec in loras)
+    motion_lora_specs = parse_motion_loras(motion_loras)
     check_base_source(base, base_config)
     check_compile(compile_mode, cpu_offload)
     # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
@@ -143,6 +146,7 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     pipe = NADMPipeline.from_pretrained(
         base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
         cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
+        motion_loras=motion_lora_specs,
     )  # fmt: skip
     if pipe.compile_mode is not None and not quiet:
         note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
