@@ -2,6 +2,7 @@
 --motion-lora-rank`, exported in diffusers' layout and loaded by diffusers' own AnimateDiffPipeline."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,11 @@ def test_a_diffusers_layout_lora_fuses_exactly_and_scale_0_is_no_lora(env, tmp_p
     assert all(torch.equal(zero[k], plain[k]) for k in plain)
 
 
-def test_two_loras_add_and_each_layout_reads_the_same(env, tmp_path):
-    """Two LoRAs at their own scales add; the same factors in the hub repositories' old diffusers keys and in
-    AnimateDiff's original release layout (.ckpt, alpha = rank) fuse to the same weights."""
+def test_two_loras_add_and_each_layout_reads_the_same(env, tmp_path, monkeypatch):
+    """Two LoRAs at their own scales add; the same factors in the hub repositories' old diffusers keys (from a
+    folder, and by hub id from the Hugging Face cache, offline) and in AnimateDiff's original release layout (.ckpt,
+    alpha = rank) fuse to the same weights."""
+    import huggingface_hub.constants
     from safetensors.torch import save_file
 
     a, b = random_lora(env, LAYERS[:4], seed=1), random_lora(env, LAYERS[2:], rank=2, seed=2)
@@ -146,8 +149,14 @@ def test_two_loras_add_and_each_layout_reads_the_same(env, tmp_path):
     (tmp_path / "hub").mkdir()
     save_file(old, str(tmp_path / "hub" / "diffusion_pytorch_model.safetensors"))
     torch.save({"state_dict": original}, tmp_path / "v2_lora_Test.ckpt")
+    snapshot = tmp_path / "hf" / "models--guoyww--animatediff-motion-lora-pan-left" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(tmp_path / "hub" / "diffusion_pytorch_model.safetensors", snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     want = video_weights(env, env["animatediff"], [f"{folder_a}:0.5"])
-    for source in (tmp_path / "hub", tmp_path / "v2_lora_Test.ckpt"):
+    for source in (tmp_path / "hub", tmp_path / "v2_lora_Test.ckpt", "guoyww/animatediff-motion-lora-pan-left"):
         got = video_weights(env, env["animatediff"], [f"{source}:0.5"])  # alpha = rank, as in folder_a
         assert all(torch.allclose(got[f"{layer}.weight"], want[f"{layer}.weight"], atol=1e-6) for layer in a), source
 
@@ -231,9 +240,11 @@ def lora_train(env, clips, out, *extra) -> int:
 
 @pytest.fixture(scope="module")
 def trained(env, clips):
-    """`nadm train --motion-lora-rank 4` for 4 steps on the real clips, on top of the AnimateDiff weights."""
+    """`nadm train --motion-lora-rank 4` for 4 steps on the real clips, on top of the AnimateDiff weights, with a
+    validation video at the end."""
     out = env["root"] / "trained"
-    assert lora_train(env, clips, out, "--max-steps", 4) == 0
+    validation = ("--validate-every", 4, "--set", "validation.steps=1", "--set", "validation.prompts=[clouds]")
+    assert lora_train(env, clips, out, "--max-steps", 4, *validation) == 0
     return out / "checkpoints" / "checkpoint-000004"
 
 
@@ -285,6 +296,9 @@ def test_a_trained_motion_lora_lowers_the_loss_exports_and_loads_in_nadm_generat
     full = (env["animatediff"] / "diffusion_pytorch_model.safetensors").stat().st_size
     assert (export / LORA_FILE).stat().st_size < full / 4
     assert read_motion_lora(str(export)).layers  # and it reads back as a motion LoRA
+    summary = json.loads((trained.parent.parent / "summary.json").read_text())
+    assert summary["motion_lora"] == str(export) and summary["motion"] is None
+    assert (trained.parent.parent / "validation" / "step-000004" / "prompt0-seed0.mp4").is_file()
     # 2. the training loss on a fixed batch (every clip, fixed noise and t) is lower with the trained LoRA
     before, after = fixed_batch_loss(env, clips, None), fixed_batch_loss(env, clips, trained)
     assert after < before, (before, after)
@@ -352,6 +366,16 @@ def test_resumed_lora_run_reproduces_the_uninterrupted_one(env, clips, tmp_path,
     end = "checkpoints/checkpoint-000004"
     assert fingerprint(read_trainable(whole / end)) == fingerprint(read_trainable(parts / end))
     assert (whole / end / "motion_lora" / LORA_FILE).read_bytes() == (parts / end / "motion_lora" / LORA_FILE).read_bytes()
+    # a LoRA resumes only on the motion weights it was trained on
+    init = tmp_path / "init"
+    shutil.copytree(env["animatediff"], init)
+    assert lora_train(env, clips, tmp_path / "moved", "--max-steps", 2, "--init-motion", init) == 0
+    other = new_motion_adapter(TINY_MOTION.replace(attn2="versatile"))  # different weights, same place
+    other.save_pretrained(init)
+    capsys.readouterr()
+    assert lora_train(env, clips, tmp_path / "moved", "--max-steps", 4, "--init-motion", init, "--resume", "latest") == 2
+    err = capsys.readouterr().err
+    assert "are not the ones the motion LoRA" in err and err.count("\n") == 1
     # a LoRA needs motion weights to adapt: said in one line before anything loads
     capsys.readouterr()
     code = run_cli("train", "--config", clips["config"], "--base", env["base"], "--data", clips["data"],
