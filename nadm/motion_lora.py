@@ -21,13 +21,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import math
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from nadm.base import is_hub_id, split_scale
 from nadm.errors import NADMError, note
 from nadm.weights import read_weights
 
@@ -44,7 +44,6 @@ LORA_FILES = (LORA_FILE, "diffusion_pytorch_model.safetensors", "pytorch_lora_we
 SIDECAR = "nadm_motion_lora.json"  # beside an exported LoRA: the training config and the base motion weights
 FORMAT = "nadm-motion-lora"
 ADAPTER = "default"  # the PEFT adapter name of a LoRA being trained
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _PROJECTION = re.compile(r"\.(attn[12])\.(to_q|to_k|to_v|to_out\.0)$")
 # suffix of a LoRA tensor's key -> (which factor, layout); the module name is what comes before it
 _SUFFIXES = (
@@ -71,20 +70,11 @@ class MotionLoraSpec:
 
     @classmethod
     def parse(cls, spec: str) -> "MotionLoraSpec":
-        """`SRC` or `SRC:SCALE` (the last `:` followed by a number); a local SRC must exist, anything else must look
-        like a hub id (`owner/name`)."""
-        head, sep, tail = spec.rpartition(":")
-        source, scale = spec, 1.0
-        if sep and head and not Path(spec).expanduser().exists():
-            try:
-                source, scale = head, float(tail)
-            except ValueError:
-                if Path(head).expanduser().exists():
-                    raise NADMError(f"motion LoRA scale {tail!r} in {spec!r} is not a number (SRC:SCALE, e.g. {head}:0.8)") from None
-        if not math.isfinite(scale):
-            raise NADMError(f"motion LoRA scale {tail!r} in {spec!r} must be a finite number")
+        """`SRC` or `SRC:SCALE` (`nadm.base.split_scale`); a local SRC must exist, anything else must look like a hub
+        id (`owner/name`)."""
+        source, scale = split_scale(spec, "motion LoRA")
         local = Path(source).expanduser()
-        if not local.exists() and (not _HUB_ID.fullmatch(source) or source.startswith((".", "~"))):
+        if not local.exists() and not is_hub_id(source):
             raise NADMError(f"motion LoRA not found: {source} (expected a file, a diffusers LoRA folder or a hub id)")
         return cls(str(local) if local.exists() else source, scale)
 
@@ -279,30 +269,29 @@ def read_motion_loras(items: Iterable[MotionLora | MotionLoraSpec | str], weight
 def fuse_motion_loras(video_unet: diffusers.UNetMotionModel, config: NADMConfig, loras: list[MotionLora]) -> None:
     """Fuse each LoRA at its scale into the video UNet's motion weights (diffusers' `load_lora_adapter`, PEFT's merge,
     in float32), then unload the adapters; layers the attention types never use are left out, said once per LoRA."""
-    names, scales, touched = [], [], set()
-    for i, lora in enumerate(loras):
+    # 1. what each LoRA adapts that these attention types use
+    used = []
+    for lora in loras:
         unused = sorted(layer for layer in lora.layers if unused_layer(layer, config))
         if unused:
             note(f"the motion LoRA {lora.source} changes {len(unused)} layer(s) that {config.kind}'s motion module never "
                  f"uses (e.g. {unused[0]}: {_why_unused(unused[0], config)}); they are left out")  # fmt: skip
-        layers = {k: v for k, v in lora.layers.items() if k not in unused}
-        if not layers:
-            continue
-        state, adapter_config = peft_form(layers)
-        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the intent
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-            video_unet.load_lora_adapter(state, prefix=None, adapter_name=f"motion_lora_{i}", metadata=adapter_config)
-        names.append(f"motion_lora_{i}")
-        scales.append(lora.scale)
-        touched.update(layers)
-    if not names:
+        used.append({k: v for k, v in lora.layers.items() if k not in unused})
+    touched = set().union(*used)
+    if not touched:
         return
-    # 1. the touched layers in float32, so W + scale * (alpha/r) * up @ down is computed and added at full precision
+    # 2. those layers in float32, so the factors load and W + scale * (alpha/r) * up @ down is added at full precision
     dtype = video_unet.dtype
     for layer in touched:
         video_unet.get_submodule(layer).float()
-    # 2. weighted, fused, unloaded: plain Linear layers again
-    video_unet.set_adapters(names, scales)
+    # 3. one PEFT adapter per LoRA, weighted by its scale, fused, unloaded: plain Linear layers again
+    names = [f"motion_lora_{i}" for i, layers in enumerate(used) if layers]
+    for name, layers in zip(names, (layers for layers in used if layers)):
+        state, adapter_config = peft_form(layers)
+        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the intent
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+            video_unet.load_lora_adapter(state, prefix=None, adapter_name=name, metadata=adapter_config)
+    video_unet.set_adapters(names, [lora.scale for lora, layers in zip(loras, used) if layers])
     video_unet.fuse_lora(lora_scale=1.0, adapter_names=names)
     video_unet.unload_lora()
     for layer in touched:
