@@ -13,11 +13,11 @@ import yaml
 
 from conftest import SHARED_DATA
 from nadm.checkpoint import load_motion_source
-from nadm.cli import main
 from nadm.motion import new_motion_adapter, predict_noise
 from nadm.motion_lora import LORA_FILE, SIDECAR
 from nadm.pipeline import NADMPipeline
 from nadm.tiny import TINY_MOTION
+from test_train import run_cli  # `nadm ...` in process, returning the exit status
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: single-threaded tiny models
 
@@ -40,14 +40,6 @@ TINY_RUN = {
     "optim": {"learning_rate": 1.0e-2},
     "run": {"log_every": 1, "checkpoint_every": 2},
 }
-
-
-def run_cli(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
 
 
 @pytest.fixture(scope="module")
