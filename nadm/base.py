@@ -36,6 +36,28 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+def is_hub_id(src: str) -> bool:
+    """Whether `src` has the form of a Hugging Face hub id (`owner/name`)."""
+    return bool(_HUB_ID.fullmatch(src)) and not src.startswith((".", "~"))
+
+
+def split_scale(spec: str, what: str) -> tuple[str, float]:
+    """`SRC` or `SRC:SCALE` -> (SRC, scale): the last `:` followed by a number is the scale (default 1), unless SPEC
+    itself exists; a `:` after an existing SRC must be followed by a finite number (NADMError naming `what`)."""
+    head, sep, tail = spec.rpartition(":")
+    if Path(spec).expanduser().exists() or not (sep and head):
+        return spec, 1.0  # no scale (or a ':' that is part of an existing path)
+    try:
+        scale = float(tail)
+    except ValueError:
+        if Path(head).expanduser().exists():
+            raise NADMError(f"{what} scale {tail!r} in {spec!r} is not a number (SRC:SCALE, e.g. {head}:0.7)") from None
+        return spec, 1.0
+    if not math.isfinite(scale):
+        raise NADMError(f"{what} scale {tail!r} in {spec!r} must be a finite number")
+    return head, scale
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """One LoRA to fuse into the base: a file (or diffusers LoRA folder) and its scale."""
@@ -45,21 +67,8 @@ class LoraSpec:
 
     @classmethod
     def parse(cls, spec: str) -> "LoraSpec":
-        """`FILE` or `FILE:SCALE` (the last `:` followed by a number is the scale); the file must exist, and a
-        `:` after an existing file must be followed by a number."""
-        head, sep, tail = spec.rpartition(":")
-        if Path(spec).expanduser().exists() or not (sep and head):
-            path, scale = spec, 1.0  # no scale (or a ':' that is part of an existing path)
-        else:
-            path = head
-            try:
-                scale = float(tail)
-            except ValueError:
-                if Path(head).expanduser().exists():
-                    raise NADMError(f"LoRA scale {tail!r} in {spec!r} is not a number (FILE:SCALE, e.g. {head}:0.7)") from None
-                path, scale = spec, 1.0
-            if not math.isfinite(scale):
-                raise NADMError(f"LoRA scale {tail!r} in {spec!r} must be a finite number")
+        """`FILE` or `FILE:SCALE` (`split_scale`); the file must exist."""
+        path, scale = split_scale(spec, "LoRA")
         resolved = Path(path).expanduser()
         if not resolved.exists():
             raise NADMError(f"LoRA file not found: {path}")
@@ -100,7 +109,7 @@ def base_kind(src: str) -> str:
         return "folder"
     if path.exists():
         raise NADMError(f"{src} is neither a diffusers folder nor a {'/'.join(SINGLE_FILE_SUFFIXES)} checkpoint")
-    if _HUB_ID.fullmatch(src) and not src.startswith((".", "~")):
+    if is_hub_id(src):
         return "hub"
     raise NADMError(f"base model not found: {src} (expected a diffusers folder, a .safetensors/.ckpt file or a hub id)")
 

@@ -128,7 +128,7 @@ def _trained_frames(meta: dict, path: Path) -> int | None:
 
 # --- AnimateDiff original-format key conversion (our own mapping of the published layout) ---------------------
 
-_ORIGINAL_TO_DIFFUSERS = [
+ORIGINAL_TO_DIFFUSERS = [
     (".temporal_transformer.", "."),
     (".attention_blocks.0.", ".attn1."),
     (".attention_blocks.1.", ".attn2."),
@@ -169,7 +169,7 @@ def convert_original_motion_state_dict(state_dict: dict[str, torch.Tensor], max_
         if "motion_modules" not in key or ".temporal_transformer." not in key:
             raise NADMError(f"unexpected key in an AnimateDiff motion-module checkpoint: {key}")
         new = key
-        for old, rep in _ORIGINAL_TO_DIFFUSERS:
+        for old, rep in ORIGINAL_TO_DIFFUSERS:
             new = new.replace(old, rep)
         converted[new] = value
     return converted

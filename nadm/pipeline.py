@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from nadm.config import NADMConfig
     from nadm.animate import PaintingCondition
     from nadm.sampling import TextSchedule, WindowSchedule
+    from nadm.motion_lora import MotionLora, MotionLoraSpec
 
 DEFAULT_MOTION = "guoyww/animatediff-motion-adapter-v1-5-2"  # AnimateDiff's baseline, used when no motion is given
 SCHEDULERS = ("ddim", "dpm++", "euler")
@@ -251,16 +252,20 @@ class NADMPipeline:
         decode_chunk: int = DEFAULT_DECODE_CHUNK,
         compile: str | None = None,
         progress: bool = True,
+        motion_loras: Iterable[MotionLora | MotionLoraSpec | str] = (),
     ) -> "NADMPipeline":
         """Load SD 1.5 (+ LoRAs) and motion weights and build the NADM video UNet (Sec. III-D1, IV-A2).
 
         motion: an NADM checkpoint folder, AnimateDiff weights (hub id, MotionAdapter folder, original file), a
         loaded `MotionWeights`, or None for AnimateDiff's v1-5-2 adapter as the baseline (said on stderr).
         dtype None/'auto': bfloat16 on CUDA. compile: None, or a torch.compile mode for the video UNet (COMPILE_MODES).
+        motion_loras: motion LoRAs (`SRC[:SCALE]` strings, `MotionLoraSpec`s or read `MotionLora`s) fused into the
+        motion modules (nadm.motion_lora).
         """
         from nadm.checkpoint import MotionWeights, load_motion_source
         from nadm.motion import build_video_unet
         from nadm.windows import trained_frames
+        from nadm.motion_lora import fuse_motion_loras, read_motion_loras
 
         # 1. options that need nothing loaded
         dev, torch_dtype, _ = check_options(scheduler, device, dtype, compile, cpu_offload, decode_chunk)
@@ -273,6 +278,7 @@ class NADMPipeline:
         if weights is None:
             with quiet_loading():
                 weights = load_motion_source(str(motion))
+        motion_loras = read_motion_loras(motion_loras, weights)  # read and checked before the base loads
         # 3. the frozen base, LoRAs fused, in the sampling dtype
         base_model = load_base(str(base), config=base_config, loras=loras, dtype=torch_dtype)
         # 4. the video UNet: every image layer of the base UNet followed by a motion module
@@ -281,9 +287,11 @@ class NADMPipeline:
         except ValueError as e:
             raise NADMError(f"the motion weights {weights.source} do not fit the base {base}: {e}") from None
         base_model.unet = None  # the video UNet holds its own copy of these weights
+        fuse_motion_loras(video_unet, weights.config, motion_loras)
         sources = {
             "base": base_model.describe(),
             "motion": {"source": weights.source, "format": weights.source_format, "kind": weights.config.kind},
+            "motion_loras": [lora.describe() for lora in motion_loras],
         }
         return cls(
             video_unet, base_model.vae, base_model.text_encoder, base_model.tokenizer, weights.config,

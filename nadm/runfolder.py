@@ -6,6 +6,9 @@
     DIR/checkpoints/checkpoint-000100/     accelerate `save_state` (optimizer, scheduler, RNG, EMA, step) plus
         nadm/                              the motion module + noise adapter as an NADM checkpoint (SD's frozen
                                            weights are not saved): `nadm generate --motion .../checkpoint-000100/nadm`
+        motion_lora/                       instead of nadm/ in a motion-LoRA run: the LoRA in diffusers' layout +
+                                           its sidecar (`nadm generate --motion INIT --motion-lora .../motion_lora`)
+        noise_adapter.safetensors          beside motion_lora/: the noise adapter, for resuming
         trainable_weights.safetensors      with EMA only: the raw trained weights (nadm/ then holds the EMA ones)
         train_config.yaml                  the config again, beside the weights
     DIR/validation/step-000100/*.mp4       validation videos (fixed prompts and seeds) with JSON sidecars
@@ -32,16 +35,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from nadm.checkpoint import load_checkpoint
+from nadm.checkpoint import ADAPTER_FILE, load_checkpoint
 from nadm.errors import NADMError
 from nadm.io import foreign_file, move_into_place
+from nadm.motion_lora import LORA_FILE, SIDECAR, read_motion_lora, trained_keys
 from nadm.pipeline import NADMPipeline, save_result
+from nadm.weights import read_weights
 
 RUN_CONFIG = "train_config.yaml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 EXPORT = "nadm"
+LORA_EXPORT = "motion_lora"  # a motion-LoRA run's export (nadm.motion_lora), in place of EXPORT
 WEIGHTS = "trainable_weights.safetensors"
 
 
@@ -79,17 +85,23 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
         if found is None:
             raise NADMError(f"--resume {resume}: no checkpoint in {path / CHECKPOINTS}")
         return found.resolve()
-    if not (path / EXPORT).is_dir() or not (path / RUN_CONFIG).is_file():
-        raise NADMError(f"--resume {resume}: not a training checkpoint (expected {EXPORT}/ and {RUN_CONFIG} in it)")
+    if not ((path / EXPORT).is_dir() or (path / LORA_EXPORT).is_dir()) or not (path / RUN_CONFIG).is_file():
+        raise NADMError(
+            f"--resume {resume}: not a training checkpoint (expected {EXPORT}/ or {LORA_EXPORT}/, and {RUN_CONFIG} in it)"
+        )
     return path.resolve()
 
 
 def read_trainable(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A checkpoint's trained weights as the training module's keys (`unet.<motion>`, `adapter.<...>`): the raw
-    ones (trainable_weights.safetensors) when EMA wrote them apart, else the NADM export's."""
+    ones (trainable_weights.safetensors) when EMA wrote them apart, else the NADM (or motion-LoRA) export's."""
     folder = Path(folder)
     if (folder / WEIGHTS).is_file():
         return load_file(str(folder / WEIGHTS))
+    if (folder / LORA_EXPORT).is_dir():
+        lora = trained_keys(read_motion_lora(str(folder / LORA_EXPORT)).layers)
+        adapter = read_weights(folder / ADAPTER_FILE)
+        return {**{f"unet.{k}": v for k, v in lora.items()}, **{f"adapter.{k}": v for k, v in adapter.items()}}
     export = load_checkpoint(folder / EXPORT)
     if export.noise_adapter is None:
         raise NADMError(f"{folder / EXPORT} has no noise adapter: it cannot resume training")
@@ -111,13 +123,17 @@ def state_files(ema: bool, sharded: bool, scaler: bool) -> dict[str, bool]:
     return files
 
 
-def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool) -> str | None:
+def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool, lora: bool = False) -> str | None:
     """Why `folder` cannot resume training (its first missing, truncated or unreadable file), or None: accelerate's
     files through accelerate's own loader, the weights through their headers (which cover the whole file)."""
     from accelerate.utils import load
 
-    weights = [WEIGHTS] if ema else [f"{EXPORT}/motion_modules.safetensors", f"{EXPORT}/noise_adapter.safetensors"]
-    for name in [*files, RUN_CONFIG, f"{EXPORT}/config.json", *weights]:
+    if lora:
+        config, weights = f"{LORA_EXPORT}/{SIDECAR}", [f"{LORA_EXPORT}/{LORA_FILE}", ADAPTER_FILE]
+    else:
+        config, weights = f"{EXPORT}/config.json", [f"{EXPORT}/motion_modules.safetensors", f"{EXPORT}/{ADAPTER_FILE}"]
+    weights = [WEIGHTS] if ema else weights
+    for name in [*files, RUN_CONFIG, config, *weights]:
         if not (folder / name).is_file():
             return f"{name} is missing"
     for name in [*files, *weights]:
@@ -133,12 +149,12 @@ def checkpoint_problem(folder: Path, files: dict[str, bool], ema: bool) -> str |
     return None
 
 
-def damaged_checkpoint(folder: Path, problem: str, files: dict[str, bool], ema: bool) -> NADMError:
+def damaged_checkpoint(folder: Path, problem: str, files: dict[str, bool], ema: bool, lora: bool = False) -> NADMError:
     """The one-line error for a checkpoint that cannot resume: what is wrong, and the newest earlier checkpoint of
     the same run that is whole (`--resume checkpoint-N`), if any."""
     step = int(folder.name[11:]) if folder.name[11:].isdigit() else None
     earlier = [c for c in reversed(checkpoints(folder.parent.parent)) if step is None or int(c.name[11:]) < step]
-    good = next((c for c in earlier if checkpoint_problem(c, files, ema) is None), None)
+    good = next((c for c in earlier if checkpoint_problem(c, files, ema, lora) is None), None)
     offer = (
         f"resume from the previous complete one with --resume {good.name} ({good})"
         if good is not None
@@ -147,11 +163,11 @@ def damaged_checkpoint(folder: Path, problem: str, files: dict[str, bool], ema: 
     return NADMError(f"the checkpoint {folder} is damaged: {problem}; {offer}")
 
 
-def check_resumable(folder: Path, files: dict[str, bool], ema: bool) -> None:
+def check_resumable(folder: Path, files: dict[str, bool], ema: bool, lora: bool = False) -> None:
     """NADMError (`damaged_checkpoint`) unless every file resuming from `folder` reads is present and whole."""
-    problem = checkpoint_problem(folder, files, ema)
+    problem = checkpoint_problem(folder, files, ema, lora)
     if problem is not None:
-        raise damaged_checkpoint(folder, problem, files, ema)
+        raise damaged_checkpoint(folder, problem, files, ema, lora)
 
 
 def check_output(out: Path, resume: Path | None, overwrite: bool) -> None:
@@ -303,14 +319,15 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def validation_videos(config, motion_weights, out: Path, step: int, device) -> Path:
-    """One clip per fixed prompt and seed from the frozen base + `motion_weights`, sampled as at inference
-    (DDIM, guidance; Sec. IV-A2) by nadm.pipeline, written to DIR/validation/step-<step>/."""
+def validation_videos(config, motion_weights, out: Path, step: int, device, motion_loras=()) -> Path:
+    """One clip per fixed prompt and seed from the frozen base + `motion_weights` (+ `motion_loras`), sampled as at
+    inference (DDIM, guidance; Sec. IV-A2) by nadm.pipeline, written to DIR/validation/step-<step>/."""
     folder = out / "validation" / f"step-{step:06d}"
     v = config.validation
     size = v.resolution or config.data.resolution
     pipe = NADMPipeline.from_pretrained(
-        config.base, motion=motion_weights, base_config=config.base_config, device=device, progress=False
+        config.base, motion=motion_weights, base_config=config.base_config, device=device, progress=False,
+        motion_loras=motion_loras,
     )
     for i, prompt in enumerate(v.prompts):
         for seed in v.seeds:

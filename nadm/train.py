@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from nadm import __version__
 from nadm.base import load_base
-from nadm.checkpoint import MotionWeights, load_motion_source, load_noise_adapter, save_checkpoint
+from nadm.checkpoint import ADAPTER_FILE, MotionWeights, load_motion_source, load_noise_adapter, save_checkpoint
 from nadm.config import (
     NADMConfig,
     TrainConfig,
@@ -36,15 +36,32 @@ from nadm.config import (
     merge_dicts,
     save_train_config,
     set_dotted,
+    to_dict,
     train_config_from_dict,
     train_preset,
 )
 from nadm.errors import NADMError, RunFailed
 from nadm.losses import NoiseAdapter
-from nadm.motion import build_video_unet, check_compatible, check_state_dict, motion_shape_of, parameter_counts
+from nadm.motion import (
+    build_video_unet,
+    check_compatible,
+    check_state_dict,
+    motion_shape_of,
+    motion_state_dict,
+    parameter_counts,
+)
+from nadm.motion_lora import (
+    MotionLora,
+    add_motion_lora,
+    base_motion_state_dict,
+    layers_from_trained,
+    read_sidecar,
+    save_motion_lora,
+)
 from nadm.runfolder import (
     CHECKPOINTS,
     EXPORT,
+    LORA_EXPORT,
     RUN_CONFIG,
     SUMMARY,
     WEIGHTS,
@@ -167,6 +184,11 @@ def resolve_config(
             )
     if config.data.root is None and config.data.latent_cache is None:
         raise NADMError("no training data: pass --data ROOT (videos + captions) or --latent-cache DIR")
+    if config.motion_lora.rank and config.init_motion is None:
+        raise NADMError(
+            "a motion LoRA trains on top of motion weights: pass --init-motion (an NADM checkpoint or AnimateDiff "
+            "weights, e.g. guoyww/animatediff-motion-adapter-v1-5-2)"
+        )
     if config.loss.lambda_con > 0 and config.data.frames < config.loss.m + 2:
         raise NADMError(
             f"with {config.data.frames} frames no two frames are more than loss.m={config.loss.m} apart, so the "
@@ -310,7 +332,7 @@ def train(
     try:
         if resume_dir is not None:  # every file resuming reads is there and whole, before any model loads
             files = state_files(config.optim.ema, _sharded(accelerator), accelerator.scaler is not None)
-            check_resumable(resume_dir, files, config.optim.ema)
+            check_resumable(resume_dir, files, config.optim.ema, lora=config.motion_lora.rank > 0)
         return _run(accelerator, config, out, resume_dir, overwrite, progress)
     finally:
         accelerator.end_training()
@@ -371,13 +393,17 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     """Steps 3-4 of a run: the frozen base, the motion config and initial weights, the trainable module, freezing.
 
     Returns (config with the resolved motion architecture, base components, module, names of the parameters no
-    gradient reaches and that stay frozen). `fresh=False` (resuming) skips --init-motion: the checkpoint has it.
+    gradient reaches and that stay frozen). `fresh=False` (resuming) skips --init-motion, which the checkpoint
+    holds, except under a motion LoRA, which holds only the LoRA (the module's `base_fingerprint` identifies the
+    motion weights it adapts).
     """
     # 3. frozen base, then the motion config and its initial weights
     parts = load_frozen_base(cfg)
     if cfg.data.latent_cache is not None:  # cached latents and text: the encoders are not needed
         parts.vae = parts.text_encoder = None
-    init = load_motion_source(cfg.init_motion, heads_from=cfg.model) if cfg.init_motion is not None and fresh else None
+    lora = cfg.motion_lora
+    needs_init = cfg.init_motion is not None and (fresh or lora.rank > 0)
+    init = load_motion_source(cfg.init_motion, heads_from=cfg.model) if needs_init else None
     model_cfg = resolve_model_config(cfg.model, parts.unet, init)
     if model_cfg != cfg.model:
         changed = [f"{k}={getattr(model_cfg, k)!r}" for k in ARCHITECTURE_FIELDS
@@ -388,11 +414,18 @@ def build_module(cfg: TrainConfig, fresh: bool, say=print):
     video_unet = build_video_unet(parts.unet, model_cfg, init.motion if init is not None else None)
     parts.unet = None  # the video UNet holds its own copy of these weights
     adapter = NoiseAdapter.from_config(model_cfg)
-    if init is not None and init.noise_adapter is not None:
+    if init is not None and init.noise_adapter is not None and fresh:
         load_noise_adapter(adapter, init.noise_adapter)
         say(f"noise adapter initialised from {init.source}")
+    base_fingerprint = None
+    if lora.rank:  # a LoRA on the attention projections learns; the motion module stays as --init-motion gave it
+        base_fingerprint = fingerprint(motion_state_dict(video_unet))
+        targets = add_motion_lora(video_unet, model_cfg, lora.rank, lora.scale_alpha)
+        say(f"motion LoRA: rank {lora.rank}, alpha {lora.scale_alpha:g} on {len(targets)} attention projections of "
+            f"the motion module from {cfg.init_motion} (frozen)")  # fmt: skip
     # 4. freeze SD; then also the motion parameters no gradient reaches under these attention types
     module, unused = trainable_module(video_unet, adapter, cfg.run.gradient_checkpointing, cfg.run.compile)
+    module.base_fingerprint = base_fingerprint
     for part in (parts.vae, parts.text_encoder):
         if part is not None:
             part.requires_grad_(False).eval()
@@ -494,7 +527,15 @@ def register_checkpointing(run: Run) -> None:
 
 
 def resume(run: Run, checkpoint: Path) -> None:
-    """Step 7, resuming: the state of `checkpoint` (weights, optimizer, schedule, step, EMA, RNG)."""
+    """Step 7, resuming: the state of `checkpoint` (weights, optimizer, schedule, step, EMA, RNG); a motion LoRA
+    only on the motion weights it was trained on."""
+    if run.raw.lora:
+        trained_on = read_sidecar(checkpoint / LORA_EXPORT).get("init_motion_fingerprint")
+        if trained_on != run.raw.base_fingerprint:
+            raise NADMError(
+                f"--resume: the motion weights {run.cfg.init_motion} are not the ones the motion LoRA in {checkpoint} "
+                "was trained on (their fingerprints differ); resume with the same --init-motion weights"
+            )
     run.accelerator.load_state(str(checkpoint))
     run.say(f"resumed from {checkpoint} at step {run.step}")
 
@@ -577,15 +618,15 @@ def after_step(run: Run, means: torch.Tensor, grad_norm, lr: float, bar) -> None
         run.window.restart_clock()
 
 
-def _trainable_weights(accelerator, module, ema=None, trainable=None) -> dict[str, torch.Tensor]:
-    """The motion-module and adapter weights (the EMA ones with `ema`), gathered whole where accelerate shards
-    them (FSDP, DeepSpeed ZeRO-3): every rank must call it; copies on the CPU."""
+def _trainable_weights(accelerator, module, ema=None, trainable=None, lora: bool = False) -> dict[str, torch.Tensor]:
+    """The motion-module (with `lora`, motion-LoRA) and adapter weights (the EMA ones with `ema`), gathered whole
+    where accelerate shards them (FSDP, DeepSpeed ZeRO-3): every rank must call it; copies on the CPU."""
     if ema is not None:
         ema.store(trainable)
         ema.copy_to(trainable)
     try:
         state = accelerator.get_state_dict(module)
-        return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if is_trainable_key(k)}
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if is_trainable_key(k, lora)}
     finally:
         if ema is not None:
             ema.restore(trainable)
@@ -599,15 +640,23 @@ def _split(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
 
 
 def _write_contents(run: Run, folder: Path) -> None:
-    """A checkpoint's own files: the NADM export (EMA weights with EMA, the raw ones apart for resuming), the config."""
-    weights = _trainable_weights(run.accelerator, run.module)
-    export = weights if run.ema is None else _trainable_weights(run.accelerator, run.module, run.ema, run.trainable)
+    """A checkpoint's own files: the NADM export, or the motion-LoRA export and the noise adapter (EMA weights with
+    EMA, the raw ones apart for resuming), the config."""
+    lora = run.raw.lora
+    weights = _trainable_weights(run.accelerator, run.module, lora=lora)
+    export = weights if run.ema is None else _trainable_weights(run.accelerator, run.module, run.ema, run.trainable, lora)
     if run.accelerator.is_main_process:
         if run.ema is not None:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
         motion, adapter = _split(export)
         extra = {"step": run.step, "ema": run.ema is not None, "train_config": run.cfg.to_dict()}
-        save_checkpoint(folder / EXPORT, run.cfg.model, motion, adapter, extra=extra, trained_frames=run.cfg.data.frames)
+        if lora:
+            extra.update(rank=run.cfg.motion_lora.rank, alpha=run.cfg.motion_lora.scale_alpha, init_motion=run.cfg.init_motion,
+                         init_motion_fingerprint=run.raw.base_fingerprint, motion_config=to_dict(run.cfg.model))  # fmt: skip
+            save_motion_lora(folder / LORA_EXPORT, layers_from_trained(motion, run.cfg.motion_lora.scale_alpha), extra)
+            save_file({k: v.contiguous() for k, v in adapter.items()}, str(folder / ADAPTER_FILE))
+        else:
+            save_checkpoint(folder / EXPORT, run.cfg.model, motion, adapter, extra=extra, trained_frames=run.cfg.data.frames)
         save_train_config(run.cfg, folder / RUN_CONFIG)
 
 
@@ -622,11 +671,17 @@ def checkpoint(run: Run) -> Path:
 
 
 def validate(run: Run) -> None:
-    """Validation videos from the current (EMA) weights, sampled as at inference (nadm.runfolder)."""
-    motion, _ = _split(_trainable_weights(run.accelerator, run.module, run.ema, run.trainable))
+    """Validation videos from the current (EMA) weights, sampled as at inference (nadm.runfolder); a motion LoRA is
+    fused into the motion weights it adapts, as `nadm generate --motion-lora` would."""
+    lora = run.raw.lora
+    motion, _ = _split(_trainable_weights(run.accelerator, run.module, run.ema, run.trainable, lora))
     if run.accelerator.is_main_process:
-        weights = MotionWeights(run.cfg.model, motion, None, f"{run.out} at step {run.step}", "nadm")
-        folder = validation_videos(run.cfg, weights, run.out, run.step, run.accelerator.device)
+        name, loras = f"{run.out} at step {run.step}", []
+        if lora:
+            layers = layers_from_trained(motion, run.cfg.motion_lora.scale_alpha)
+            loras, motion = [MotionLora(layers, name, "diffusers")], base_motion_state_dict(run.raw.unet)
+        weights = MotionWeights(run.cfg.model, motion, None, name, "nadm")
+        folder = validation_videos(run.cfg, weights, run.out, run.step, run.accelerator.device, loras)
         run.say(f"step {run.step}: validation videos in {folder}")
     run.accelerator.wait_for_everyone()
 
@@ -652,12 +707,15 @@ def finish(run: Run) -> TrainResult:
             "mixed_precision": accelerator.mixed_precision,
             "frozen_dtype": str(frozen).removeprefix("torch."),
             "checkpoint": str(last) if last else None,
-            "motion": str(last / EXPORT) if last else None,
+            "motion": str(last / EXPORT) if last and not run.raw.lora else None,
+            "motion_lora": str(last / LORA_EXPORT) if last and run.raw.lora else None,
             "rank_fingerprints": prints,
             "last": run.history[-1] if run.history else None,
         }
         (run.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        if last:
+        if last and run.raw.lora:
+            run.say(f"done at step {run.step}; motion LoRA: {last / LORA_EXPORT} (for --motion {run.cfg.init_motion})")
+        elif last:
             run.say(f"done at step {run.step}; motion weights: {last / EXPORT}")
     accelerator.wait_for_everyone()
     return TrainResult(run.out, run.step, last, run.history, run.raw)

@@ -1,6 +1,7 @@
 """Alg. 1's training step (Sec. III-D3): the trained module (video UNet + noise adapter g) and one step's losses.
 
-`trainable_module` builds what nadm trains (SD frozen; the motion modules and the noise adapter learn),
+`trainable_module` builds what nadm trains (SD frozen; the motion modules, or a LoRA on them, and the noise adapter
+learn),
 `cast_frozen` puts SD's frozen weights in the half type, and `training_step` is Alg. 1's loop body on one
 micro-batch, its noise and timesteps drawn from `step_generator(seed, step, micro-batch, rank)`; nadm.train
 runs it.
@@ -19,6 +20,7 @@ from torch import nn
 
 from nadm.losses import NoiseAdapter, diffusion_loss, noise_contrastive_loss, total_loss
 from nadm.motion import freeze_for_training, predict_noise
+from nadm.motion_lora import has_lora, is_lora_key
 
 if TYPE_CHECKING:
     import diffusers  # the video UNet is diffusers' UNetMotionModel; the forward process its DDPMScheduler
@@ -32,6 +34,8 @@ class NADMTrainModule(nn.Module):
     def __init__(self, unet: diffusers.UNetMotionModel, adapter: NoiseAdapter):
         super().__init__()
         self.unet, self.adapter = unet, adapter
+        self.lora = has_lora(unet)  # a motion LoRA is trained instead of the motion modules (nadm.motion_lora)
+        self.base_fingerprint: str | None = None  # with a LoRA: the fingerprint of the motion weights it adapts
 
     def forward(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor):
         """(b, c, f, h, w) latents -> (predicted noise (b, c, f, h, w), adapter embeddings (b, f, d))."""
@@ -39,13 +43,16 @@ class NADMTrainModule(nn.Module):
         return noise_pred, self.adapter(noise_pred)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Motion-module and noise-adapter weights (keys `unet.<...motion_modules...>` and `adapter.<...>`)."""
-        return {k: v for k, v in self.state_dict().items() if is_trainable_key(k)}
+        """Motion-module (or motion-LoRA) and noise-adapter weights (keys `unet.<...motion_modules...>`, `adapter.<...>`)."""
+        return {k: v for k, v in self.state_dict().items() if is_trainable_key(k, self.lora)}
 
 
-def is_trainable_key(key: str) -> bool:
-    """Whether a key of `NADMTrainModule.state_dict()` names a motion-module or noise-adapter weight."""
-    return key.startswith("adapter.") or (key.startswith("unet.") and "motion_modules" in key)
+def is_trainable_key(key: str, lora: bool = False) -> bool:
+    """Whether a key of `NADMTrainModule.state_dict()` names a trained weight: the noise adapter's, and the motion
+    modules' (with `lora`, only the LoRA factors on them)."""
+    if key.startswith("adapter."):
+        return True
+    return key.startswith("unet.") and "motion_modules" in key and (is_lora_key(key) or not lora)
 
 
 @dataclass
@@ -122,13 +129,17 @@ def unused_trainable_parameters(module: NADMTrainModule) -> list[str]:
 def trainable_module(
     video_unet: diffusers.UNetMotionModel, adapter: NoiseAdapter, gradient_checkpointing: bool = False, compile: bool = False
 ) -> tuple[NADMTrainModule, list[str]]:
-    """The module nadm trains (Sec. III-D3): SD frozen, motion modules and noise adapter trainable, except the
-    motion parameters no gradient reaches under the configured attention types. Returns (module, their names).
+    """The module nadm trains (Sec. III-D3): SD frozen, motion modules (or, when `video_unet` carries a motion LoRA,
+    only its factors) and noise adapter trainable, except the parameters no gradient reaches under the configured
+    attention types. Returns (module, their names).
 
     compile: torch.compile the module in place (its state-dict keys, checkpoints and DDP wrapping stay as they are).
     """
     module = NADMTrainModule(video_unet, adapter)
     freeze_for_training(video_unet, adapter)
+    if module.lora:  # the motion module stays as --init-motion gave it; its LoRA learns
+        for name, p in video_unet.named_parameters():
+            p.requires_grad_(is_lora_key(name))
     unused = unused_trainable_parameters(module)
     for name, p in module.named_parameters():
         if name in unused:
@@ -153,7 +164,9 @@ def enable_checkpointing(video_unet: diffusers.UNetMotionModel) -> None:
 
 def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
     """SD's frozen weights to `dtype` in place; the motion module (trainable, or frozen as unused, but exported
-    either way) and the adapter stay float32, the master copy autocast computes from."""
+    either way) and the adapter stay float32, the master copy autocast computes from. Under a motion LoRA the motion
+    module is frozen and not exported: it is cast too, and only the LoRA stays float32."""
+    keep_motion = not has_lora(module)
     for name, p in module.named_parameters():
-        if not p.requires_grad and "motion_modules" not in name and p.is_floating_point():
+        if not p.requires_grad and not ("motion_modules" in name and keep_motion) and p.is_floating_point():
             p.data = p.data.to(dtype)

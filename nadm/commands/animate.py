@@ -13,7 +13,7 @@ from nadm.image import FITS, LONG_SIDE
 
 # `nadm generate`'s own options (flags, defaults, help) that animate shares, in --help order
 SHARED_OPTIONS = ("negative", "frames", "steps", "guidance", "seed", "scheduler", "motion_scale", "base", "base_config",
-                  "motion", "loras", "interpolate", "flow", "fps", "device", "dtype", "vae_slicing", "vae_tiling",
+                  "motion", "loras", "motion_loras", "interpolate", "flow", "fps", "device", "dtype", "vae_slicing", "vae_tiling",
                   "cpu_offload", "compile_mode", "context", "overlap", "window_schedule", "window_batch", "loop",
                   "travel_items", "travel_file", "travel_interp", "overwrite", "quiet")  # fmt: skip
 
@@ -47,6 +47,7 @@ def generate_options(names: tuple[str, ...]) -> list[click.Parameter]:
 def animate(image, prompt, output, still_mask, fit, height, width, strength, color_anchor, **shared) -> None:
     """Bring the painting IMAGE to life: mist drifts, water runs, and frame 0 is IMAGE itself, pixel for pixel."""
     from nadm.commands.generate import check_shared_options, load_pipeline
+    from nadm.commands.options import parse_motion_loras
     from nadm.io import check_output_path, read_sidecar
     from nadm.pipeline import check_request
     from nadm.travel import travel_keys
@@ -68,6 +69,7 @@ def animate(image, prompt, output, still_mask, fit, height, width, strength, col
     check_window_options(o["frames"], **windows)
     lora_specs = check_shared_options(o["base"], o["base_config"], o["loras"], o["compile_mode"], o["cpu_offload"], o["fps"],
                                       o["motion_scale"])  # fmt: skip
+    motion_lora_specs = parse_motion_loras(o["motion_loras"])
     # 2. where the clip goes: refused now if it exists (without --overwrite) or has an unknown extension
     path = check_output_path(output, o["overwrite"])
 
@@ -75,8 +77,8 @@ def animate(image, prompt, output, still_mask, fit, height, width, strength, col
     from nadm.animate import PaintingCondition
     from nadm.pipeline import save_result
 
-    pipe = load_pipeline(o["frames"], windows, o["base"], o["base_config"], o["motion"], lora_specs, o["device"],
-                         o["dtype"], o["scheduler"], o["vae_slicing"], o["vae_tiling"], o["cpu_offload"],
+    pipe = load_pipeline(o["frames"], windows, o["base"], o["base_config"], o["motion"], lora_specs, motion_lora_specs,
+                         o["device"], o["dtype"], o["scheduler"], o["vae_slicing"], o["vae_tiling"], o["cpu_offload"],
                          o["compile_mode"], o["quiet"])  # fmt: skip
 
     # 4. animate (the painting held in the one denoising loop) and write the clip with its sidecar

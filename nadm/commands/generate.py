@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
+from nadm.commands.options import motion_lora_option, parse_motion_loras
 from nadm.errors import NADMError
 from nadm.pipeline import (
     BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
@@ -88,8 +89,8 @@ def check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fp
     return lora_specs
 
 
-def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_specs, device, dtype, scheduler,
-                  vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet):  # fmt: skip
+def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_specs, motion_lora_specs, device, dtype,
+                  scheduler, vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet):  # fmt: skip
     """Motion weights (small; they fix the context windows' limits, checked for `frames` and the `windows` options of
     `plan_windows`), then the base and the video UNet."""
     from nadm.checkpoint import load_motion_source
@@ -105,6 +106,7 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
     pipe = NADMPipeline.from_pretrained(
         base, motion=weights, loras=lora_specs, device=device, dtype=dtype, scheduler=scheduler, base_config=base_config,
         cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling, compile=compile_mode, progress=not quiet,
+        motion_loras=motion_lora_specs,
     )  # fmt: skip
     if pipe.compile_mode is not None and not quiet:
         note(f"--compile {pipe.compile_mode}: the first clip at each size waits while torch compiles the UNet")
@@ -138,6 +140,7 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="LoRA fused into the base (repeatable; scale 1 by default).")
 @click.option("--motion-scale", type=float, default=1.0, show_default=True,
               help="Scale of the motion modules' output: below 1 calmer, above 1 livelier; 0 = SD's frames without temporal mixing.")
+@motion_lora_option
 @click.option("--interpolate/--no-interpolate", default=True, show_default=True, help="SOFP interpolation N -> 2N-1 frames.")
 @click.option("--flow", type=click.Choice(["dis", "farneback", "raft"]), default="dis", show_default=True,
               help="Optical flow for interpolation (raft needs torchvision).")
@@ -167,9 +170,9 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
-             base_config, motion, loras, motion_scale, interpolate, flow, fps, device, dtype, vae_slicing, vae_tiling,
-             cpu_offload, compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items, travel_file,
-             travel_interp, overwrite, quiet) -> None:  # fmt: skip
+             base_config, motion, loras, motion_loras, motion_scale, interpolate, flow, fps, device, dtype, vae_slicing,
+             vae_tiling, cpu_offload, compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items,
+             travel_file, travel_interp, overwrite, quiet) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
     from nadm.io import check_output_path, read_sidecar
 
@@ -184,6 +187,7 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     windows = dict(context=context, overlap=overlap, loop=loop, schedule=window_schedule, window_batch=window_batch)
     check_window_options(frames, **windows)
     lora_specs = check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale)
+    motion_lora_specs = parse_motion_loras(motion_loras)
     # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
     paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
     paths = [check_output_path(path, overwrite) for path in paths]
@@ -191,8 +195,8 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
     from nadm.pipeline import save_result
 
-    pipe = load_pipeline(frames, windows, base, base_config, motion, lora_specs, device, dtype, scheduler, vae_slicing,
-                         vae_tiling, cpu_offload, compile_mode, quiet)  # fmt: skip
+    pipe = load_pipeline(frames, windows, base, base_config, motion, lora_specs, motion_lora_specs, device, dtype,
+                         scheduler, vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet)  # fmt: skip
 
     # 4. generate and write each clip
     for text, path in zip(prompts, paths):

@@ -15,6 +15,8 @@ FLAG_KEYS = {
     "base": "base",
     "base_config": "base_config",
     "init_motion": "init_motion",
+    "motion_lora_rank": "motion_lora.rank",
+    "motion_lora_alpha": "motion_lora.alpha",
     "data": "data.root",
     "latent_cache": "data.latent_cache",
     "frames": "data.frames",
@@ -62,7 +64,8 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
               help="YAML config (see configs/).")
 @click.option("--preset", type=click.Choice(list(TRAIN_PRESETS)),
-              help="Start from a preset: paper (the defaults) or a Table II-IV ablation.")
+              help="Start from a preset: paper (the defaults), a Table II-IV ablation, or motion-lora (a motion of your "
+                   "own from a handful of clips).")
 @click.option("--base", help="Stable Diffusion 1.5: hub id, diffusers folder or single file. "
               "[default: stable-diffusion-v1-5/stable-diffusion-v1-5]")
 @click.option("--base-config", help="Component configs for a single-file base (diffusers folder or hub id).")
@@ -72,6 +75,11 @@ def _parse_set(values: tuple[str, ...]) -> dict:
               help="Run folder (config, logs, checkpoints).")
 @click.option("--init-motion",
               help="Initial motion weights: an NADM checkpoint or AnimateDiff weights (folder, file or hub id).")
+@click.option("--motion-lora-rank", type=int,
+              help="Train a LoRA of this rank on the motion module's attention (on top of --init-motion) instead of "
+                   "the whole module; 0 trains the whole module. [default: 0]")
+@click.option("--motion-lora-alpha", type=float, help="The motion LoRA's alpha (its update is scaled by alpha/rank). "
+              "[default: the rank]")
 @click.option("--max-steps", type=int, help="Optimisation steps. [paper: 40000]")
 @click.option("--resolution", type=int, help="Training resolution. [paper: 256]")
 @click.option("--frames", type=int, help="Frames per clip. [paper: 8]")
