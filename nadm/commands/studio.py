@@ -40,18 +40,20 @@ def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: floa
     """Serve the web studio: text to video, animate a painting, interpolate, and the gallery of OUTPUTS (Ctrl-C stops)."""
     from nadm.commands.generate import check_shared_options, load_pipeline
     from nadm.io import check_writable
+    from nadm.studio.safety import check_outputs_folder
     from nadm.windows import DEFAULT_SCHEDULE
 
     # 1. everything that can be checked before the model loads
     if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
         raise NADMError(f"--max-upload-mb must be a positive number, got {max_upload_mb}")
+    check_port(host, port)
+    check_outputs_folder(outputs)
+    check_writable(outputs)
+    loras = check_shared_options(model["base"], model["base_config"], model["loras"], "off", model["cpu_offload"], None, 1.0)
     try:
         import gradio  # noqa: F401 - the studio's optional dependency
     except ImportError:
         raise NADMError("nadm studio needs Gradio: pip install 'nadm[studio]'") from None
-    check_writable(outputs)
-    loras = check_shared_options(model["base"], model["base_config"], model["loras"], "off", model["cpu_offload"], None, 1.0)
-    check_port(host, port)
     if host not in LOOPBACK:
         note(f"warning: listening on {host}: anyone who can reach it can use the studio and read {outputs}; there is no login")
     if share:

@@ -86,11 +86,11 @@ def build(studio: Studio) -> tuple[Panel, dict]:
             panel.add("prompt", gr.Textbox(label="Prompt (empty: mist drifting, water flowing)", lines=2,
                                            elem_id=f"{PREFIX}-prompt"))  # fmt: skip
             with gr.Row():
-                panel.add("height", optional_number("Height", "the painting's proportions", f"{PREFIX}-height"))
-                panel.add("width", optional_number("Width", "the painting's proportions, long side 512", f"{PREFIX}-width"))
+                panel.add("height", optional_number("Height", "auto", f"{PREFIX}-height"))
+                panel.add("width", optional_number("Width", "auto", f"{PREFIX}-width"))
                 panel.add("fit", gr.Dropdown(list(FITS), value="crop", label="Fit", elem_id=f"{PREFIX}-fit"))
             with gr.Row():
-                panel.add("strength", gr.Slider(0, 1, value=1.0, step=0.05, label="Strength (below 1: nearer the painting)",
+                panel.add("strength", gr.Slider(0, 1, value=1.0, step=0.05, label="Strength (lower: nearer the painting)",
                                                 elem_id=f"{PREFIX}-strength"))  # fmt: skip
                 panel.add("color_anchor", gr.Checkbox(label="Anchor colours to the painting", value=True,
                                                       elem_id=f"{PREFIX}-color-anchor"))  # fmt: skip

@@ -29,6 +29,7 @@ from nadm.studio.jobs import Jobs, install_cancel_hook
 log = logging.getLogger("nadm.studio")
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_UPLOAD_MB = "127.0.0.1", 7860, 50
 LIGHT_CONCURRENCY = 4  # listing, previews, upload checks: never wait behind a generation
+QUEUE_LIMIT = 64  # events waiting at once; more are told the queue is full (a flood cannot exhaust the server)
 INTRO = """# nadm studio
 Chinese landscape-painting video: make a clip from a prompt, bring a painting to life, smooth a clip, and browse what
 you made. Clips and their settings go to `{outputs}`. One job runs at a time; others wait with their place shown."""
@@ -80,8 +81,9 @@ def build_app(pipe, outputs: str | os.PathLike, max_upload_mb: float = DEFAULT_M
     `demo.launch(**launch_options(outputs, ...))`, or use `serve`, which also gives Gradio a private upload folder."""
     from nadm.io import check_writable
     from nadm.studio import animate_tab, gallery_tab, interpolate_tab, text_tab
+    from nadm.studio.safety import check_outputs_folder
 
-    outputs = Path(outputs).expanduser().resolve()
+    outputs = check_outputs_folder(outputs)
     check_writable(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
     install_cancel_hook()
@@ -97,7 +99,7 @@ def build_app(pipe, outputs: str | os.PathLike, max_upload_mb: float = DEFAULT_M
                 interpolate = interpolate_tab.build(studio)
             with gr.Tab("Gallery", id="gallery", elem_id="tab-gallery") as gallery:
                 gallery_tab.build(studio, tabs, gallery, {"generate": text, "animate": animate, "interpolate": interpolate})
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_LIMIT)
     demo.studio = studio
     return demo
 

@@ -46,7 +46,8 @@ class Panel:
 
 def optional_number(label: str, default: str, elem_id: str):
     """A whole number that may be left empty for its default (a Number field cannot be empty: it shows 0)."""
-    return gr.Textbox(label=f"{label} (empty: {default})", placeholder="auto", max_lines=1, elem_id=elem_id)
+    return gr.Textbox(label=label if default == "auto" else f"{label} (empty: {default})", placeholder="auto", max_lines=1,
+                      elem_id=elem_id)  # fmt: skip
 
 
 def seed_controls(panel: Panel, prefix: str) -> None:
@@ -67,7 +68,7 @@ def sampling_controls(panel: Panel, prefix: str) -> None:
         panel.add("sampler", gr.Dropdown(list(SCHEDULERS), value="ddim", label="Sampler", elem_id=f"{prefix}-sampler"))
     seed_controls(panel, prefix)
     with gr.Row():
-        panel.add("motion_scale", gr.Slider(0, 2, value=1.0, step=0.05, label="Motion scale (below 1 calmer, above livelier)",
+        panel.add("motion_scale", gr.Slider(0, 2, value=1.0, step=0.05, label="Motion scale (<1 calmer, >1 livelier)",
                                             elem_id=f"{prefix}-motion-scale"))  # fmt: skip
         panel.add("loop", gr.Checkbox(label="Seamless loop", value=False, elem_id=f"{prefix}-loop"))
     with gr.Row():

@@ -28,8 +28,9 @@ def thumbnail(clip) -> tuple[str, str] | None:
         if not frames:
             return None
         path = frames[0]
-    when, _, tab, prompt, seed = row(clip)[:5]
-    return str(path), f"{tab}: {prompt[:80]}" + (f" (seed {seed})" if seed else "") + f" | {when}"
+    when, name, tab, prompt, seed = row(clip)[:5]
+    what = f"{tab}: {prompt[:80]}" if clip.kind in TAB_OF else name
+    return str(path), what + (f" (seed {seed})" if seed else "") + f" | {when}"
 
 
 def build(studio: Studio, tabs, gallery_tab, panels: dict[str, Panel]) -> None:

@@ -78,7 +78,7 @@ def build(studio: Studio) -> Panel:
             raise gr.Error(f"{source.name}: {e}", print_exception=False) from None
         check_frame_count(frames.shape, options["times"], False, options["loop"])
         path = new_clip_path(studio.outputs, "interpolate", source.stem)
-        progress(0, desc="waiting for the model")
+        progress(0, desc="waiting for its turn")
         with studio.jobs.run(request.session_hash, "interpolate"):
             start = time.perf_counter()
             result = interpolate_frames(frames, options)

@@ -9,7 +9,10 @@ no Gradio.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,17 @@ class UploadRefused(NADMError):
     """An upload the studio will not use: too large, of a kind it does not take, or not what its name says."""
 
 
+@contextmanager
+def by_name(path: Path) -> Iterator[None]:
+    """Messages about an upload name the file, not the server's upload folder (an NADMError re-raised with the path
+    replaced by the file's name; Python's object reprs dropped)."""
+    try:
+        yield
+    except NADMError as e:
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-f]+>", "", str(e).replace(str(path), path.name))
+        raise NADMError(message) from None
+
+
 def contained(root: str | os.PathLike, name: str | os.PathLike) -> Path:
     """`root / name` with every symlink resolved, refused (UploadRefused) unless it lies inside `root`: `..`, an
     absolute path or a link out of the folder cannot reach anything else."""
@@ -35,6 +49,16 @@ def contained(root: str | os.PathLike, name: str | os.PathLike) -> Path:
     if target != base and base not in target.parents:
         raise UploadRefused(f"{name} is not in the outputs folder")
     return target
+
+
+def check_outputs_folder(outputs: str | os.PathLike) -> Path:
+    """The outputs folder, resolved; refused when it is the file system's root or the home folder (or above it): Gradio
+    serves everything in it to anyone who can open the page."""
+    folder = Path(outputs).expanduser().resolve()
+    home = Path.home().resolve()
+    if folder == Path(folder.anchor) or folder == home or folder in home.parents:
+        raise UploadRefused(f"{folder} as the outputs folder would serve all of it to the page: give a folder of its own")
+    return folder
 
 
 def check_size(path: str | os.PathLike, max_bytes: int, what: str) -> Path:
@@ -69,7 +93,8 @@ def read_painting(path: str | os.PathLike, max_bytes: int):
         width = height = 0
     if max(width, height) > MAX_SIDE:
         raise UploadRefused(f"{path.name} is {width}x{height}: the studio takes paintings up to {MAX_SIDE} px a side")
-    return read_picture(path, "painting")
+    with by_name(path):
+        return read_picture(path, "painting")
 
 
 def read_clip(path: str | os.PathLike, max_bytes: int) -> tuple[np.ndarray, float]:
@@ -85,7 +110,8 @@ def read_clip(path: str | os.PathLike, max_bytes: int) -> tuple[np.ndarray, floa
             f"{path.name} is {frames} frames of {width}x{height}: the studio takes clips up to {MAX_CLIP_FRAMES} frames, "
             f"{MAX_SIDE} px a side and {MAX_CLIP_BYTES >> 30} GiB decoded"
         )
-    return read_video(path)
+    with by_name(path):
+        return read_video(path)
 
 
 def _clip_header(path: Path) -> tuple[int, int, int]:
@@ -100,7 +126,8 @@ def _clip_header(path: Path) -> tuple[int, int, int]:
             raise NADMError(f"cannot decode {path.name}: not a {path.suffix[1:].upper()} animation, or damaged ({e})") from None
     from nadm.decode import probe_video
 
-    info = probe_video(path)
+    with by_name(path):
+        info = probe_video(path)
     return info.frames, info.width, info.height
 
 
