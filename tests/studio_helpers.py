@@ -89,6 +89,9 @@ def studio(tmp_path_factory):
     server = StudioServer(models, tmp_path_factory.mktemp("studio-outputs")).start()
     yield server
     server.stop()
+    # the private upload folder does not outlive the server
+    (cache,) = [line.split("(uploads in ")[1].split(",")[0] for line in server.log if "(uploads in " in line]
+    assert not Path(cache).exists(), f"{cache} was left behind"
 
 
 # ------------------------------------------------------------------------------------------------ Gradio's API

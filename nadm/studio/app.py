@@ -129,7 +129,8 @@ def serve(pipe, outputs: str | os.PathLike, host: str = DEFAULT_HOST, port: int 
     try:
         demo = build_app(pipe, outputs, max_upload_mb)
         _, url, share_url = demo.launch(**launch_options(outputs, host, port, share, max_upload_mb))
-        log.info("serving %s on %s%s", demo.studio.outputs, url, f" and {share_url}" if share_url else "")
+        log.info("serving %s on %s%s (uploads in %s, removed at exit)", demo.studio.outputs, url,
+                 f" and {share_url}" if share_url else "", cache)  # fmt: skip
         if ready is not None:
             ready(url)
         while True:
