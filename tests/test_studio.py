@@ -130,14 +130,15 @@ def test_two_sessions_at_once_both_clips_are_made_one_after_the_other(studio):
     for prompt in ("queue test: first", "queue test: second"):
         (clip,) = made_with(studio.outputs, prompt)
         assert Path(f"{clip}.json").is_file()
-    # one waited with its place shown (rank 0 = next in line) while the other ran
-    assert any(m.get("rank") is not None for call in (first, second) for _, m in call.seen("estimation"))
     # the server ran them one after the other, never overlapping
     time.sleep(0.5)
     jobs = studio.jobs()[before:]
     assert [line.split(") ")[1].split()[0] for line in jobs] == ["started", "finished", "started", "finished"], jobs
     waited, ran = sorted((first, second), key=lambda c: c.seen("process_starts")[0][0])[::-1]
     assert waited.seen("process_starts")[0][0] >= ran.seen("process_completed")[0][0] - 0.5
+    # the one that waited was told its place in the queue (rank 0: next in line; the page shows rank + 1 / size)
+    places = [m for t, m in waited.seen("estimation") if t <= waited.seen("process_starts")[0][0]]
+    assert places and all(m["rank"] is not None and m["queue_size"] >= 1 for m in places), waited.messages
 
 
 def test_stop_ends_the_running_job_and_writes_nothing(studio):
@@ -250,3 +251,44 @@ def test_still_mask_is_what_was_brushed():
     mask = still_mask({"layers": [layer]})
     assert mask.shape == (40, 60) and mask.dtype == np.uint8
     assert (mask[5:10, 20:30] == 255).all() and mask.sum() == 255 * 50
+
+
+def test_guarded_turns_failures_into_page_messages(caplog):
+    gr = pytest.importorskip("gradio")
+    from nadm.errors import RunFailed
+    from nadm.studio.jobs import UNEXPECTED, Cancelled, guarded
+
+    def failing(error):
+        @guarded
+        def handler():
+            raise error
+        return handler
+
+    for error, shown in ((NADMError("height must be a multiple of 8"), "height must be a multiple of 8"),
+                         (RunFailed("denoising produced NaN/inf latents"), "denoising produced NaN/inf latents"),
+                         (RuntimeError("CUDA out of memory at /secret/path"), UNEXPECTED)):  # fmt: skip
+        with pytest.raises(gr.Error) as raised:
+            failing(error)()
+        assert raised.value.message == shown
+    assert "CUDA out of memory at /secret/path" in caplog.text and "Traceback" in caplog.text  # logged on the server
+    with pytest.warns(UserWarning, match="Stopped: nothing was written"):  # outside a page: a Python warning
+        assert failing(Cancelled())() == gr.skip()
+
+
+def test_stop_hook_stops_a_tqdm_loop_only_for_the_stopped_job():
+    from tqdm import tqdm
+
+    from nadm.studio.jobs import Cancelled, Jobs, install_cancel_hook
+
+    install_cancel_hook()
+    jobs = Jobs()
+    with jobs.run("other", "a job nobody stops"):
+        assert sum(1 for _ in tqdm(range(5), disable=True)) == 5
+        bar = tqdm(total=3, disable=True)
+        bar.update()
+    with pytest.raises(Cancelled), jobs.run("visitor", "stopped job"):
+        bar = tqdm(total=100, disable=True)
+        bar.update()
+        assert jobs.cancel("visitor") and not jobs.cancel("nobody")
+        bar.update()  # the next tick after Stop raises
+    assert not jobs.cancel("visitor")  # the job is over
