@@ -38,10 +38,9 @@ def check_port(host: str, port: int) -> None:
 @click.option("--max-upload-mb", type=float, default=50.0, show_default=True, help="Largest painting or clip upload, in MB.")
 def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: float, **model) -> None:
     """Serve the web studio: text to video, animate a painting, interpolate, and the gallery of OUTPUTS (Ctrl-C stops)."""
-    from nadm.commands.generate import check_shared_options, load_pipeline
+    from nadm.commands.generate import check_shared_options
     from nadm.io import check_writable
     from nadm.studio.safety import check_outputs_folder
-    from nadm.windows import DEFAULT_SCHEDULE
 
     # 1. everything that can be checked before the model loads
     if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
@@ -59,11 +58,14 @@ def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: floa
     if share:
         note(f"warning: --share makes a public link through Gradio's servers: anyone with it can use the studio and read {outputs}")
 
-    # 2. the pipeline, loaded once and kept
-    windows = dict(context=None, overlap=None, loop=False, schedule=DEFAULT_SCHEDULE, window_batch=None)
-    pipe = load_pipeline(16, windows, model["base"], model["base_config"], model["motion"], loras, model["device"],
-                         model["dtype"], "ddim", model["vae_slicing"], model["vae_tiling"], model["cpu_offload"], "off",
-                         quiet=False)  # fmt: skip
+    # 2. the pipeline, loaded once and kept (without --motion: AnimateDiff's adapter, said on stderr)
+    from nadm.pipeline import NADMPipeline
+
+    pipe = NADMPipeline.from_pretrained(
+        model["base"], motion=model["motion"], loras=loras, device=model["device"], dtype=model["dtype"],
+        base_config=model["base_config"], cpu_offload=model["cpu_offload"], vae_slicing=model["vae_slicing"],
+        vae_tiling=model["vae_tiling"], progress=True,
+    )  # fmt: skip
 
     # 3. serve until interrupted (Ctrl-C / SIGTERM unwind through serve's cleanup)
     from nadm.studio.app import serve
