@@ -22,6 +22,7 @@ COMMANDS = {
     "evaluate": "nadm.commands.evaluate:evaluate",
     "compare": "nadm.commands.compare:compare",
     "study": "nadm.commands.study:study",
+    "studio": "nadm.commands.studio:studio",
 }
 
 
