@@ -14,7 +14,8 @@ import click
 from nadm.commands.animate import generate_options
 from nadm.errors import NADMError, note
 
-MODEL_OPTIONS = ("base", "base_config", "motion", "loras", "device", "dtype", "vae_slicing", "vae_tiling", "cpu_offload")
+MODEL_OPTIONS = ("base", "base_config", "motion", "loras", "motion_loras", "device", "dtype", "vae_slicing", "vae_tiling",
+                 "cpu_offload")  # fmt: skip
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -39,6 +40,7 @@ def check_port(host: str, port: int) -> None:
 def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: float, **model) -> None:
     """Serve the web studio: text to video, animate a painting, interpolate, and the gallery of OUTPUTS (Ctrl-C stops)."""
     from nadm.commands.generate import check_shared_options
+    from nadm.commands.options import parse_motion_loras
     from nadm.io import check_writable
     from nadm.studio.safety import check_outputs_folder
 
@@ -49,6 +51,7 @@ def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: floa
     check_outputs_folder(outputs)
     check_writable(outputs)
     loras = check_shared_options(model["base"], model["base_config"], model["loras"], "off", model["cpu_offload"], None, 1.0)
+    motion_loras = parse_motion_loras(model["motion_loras"])
     try:
         import gradio  # noqa: F401 - the studio's optional dependency
     except ImportError:
@@ -64,7 +67,7 @@ def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: floa
     pipe = NADMPipeline.from_pretrained(
         model["base"], motion=model["motion"], loras=loras, device=model["device"], dtype=model["dtype"],
         base_config=model["base_config"], cpu_offload=model["cpu_offload"], vae_slicing=model["vae_slicing"],
-        vae_tiling=model["vae_tiling"], progress=True,
+        vae_tiling=model["vae_tiling"], progress=True, motion_loras=motion_loras,
     )  # fmt: skip
 
     # 3. serve until interrupted (Ctrl-C / SIGTERM unwind through serve's cleanup)
