@@ -192,10 +192,11 @@ def job_device(device: str | None) -> str | None:
 
 
 def _run_id(state: PartialState) -> str:
-    """One id for this run, made by the main process and shared with the others (written in every manifest line)."""
+    """A new id for a run, made by the main process and sent to the others (a collective call); written in every
+    manifest line of the run."""
     from accelerate.utils import broadcast_object_list
 
-    ids = [f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" if state.is_main_process else None]
+    ids = [f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(2).hex()}" if state.is_main_process else None]
     return broadcast_object_list(ids, from_process=0)[0] if state.num_processes > 1 else ids[0]
 
 
@@ -289,12 +290,15 @@ class Manifest:
 
 @dataclass
 class Plan:
-    """The jobs of a run split into those already made (skipped) and those left, and the manifest (None: no manifest)."""
+    """The jobs of a run split into those already made (skipped) and those left; the manifest (None: no manifest),
+    the run's id and the manifest's size when the plan was made (the progress bar counts the lines after it)."""
 
     jobs: list[Job]
     todo: list[Job]
     done: list[Job]
     manifest: Manifest | None
+    run_id: str = ""
+    offset: int = 0
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str:
@@ -325,17 +329,30 @@ def _is_made(job: Job, overwrite: bool) -> bool:
     return False
 
 
-def plan_jobs(jobs: Sequence[Job], overwrite: bool, manifest_dir: Path | None) -> Plan:
-    """Step 2, before any model loads: which jobs are made already (skipped) and which are left; a manifest in
-    `manifest_dir` (None: none) that nadm can append to."""
-    manifest = Manifest(Path(manifest_dir) / MANIFEST) if manifest_dir is not None else None
-    todo, done = [], []
-    with process_state().main_process_first():  # the main process removes a killed run's temporaries alone
-        if manifest is not None:
-            manifest.check()
+def plan_jobs(jobs: Sequence[Job], overwrite: bool, manifest_dir: Path | None, run_id: str | None = None) -> Plan:
+    """Step 2, before any model loads, in every process together: which jobs are made already (skipped) and which are
+    left; a manifest in `manifest_dir` (None: none) that nadm can append to; `run_id`: an earlier plan's, when one
+    command makes several (else a new one). The main process goes first (it alone removes temporaries a killed run
+    left, and lists clips that run made but did not list); no process returns before all have planned, so all split
+    the same list and none writes while another still looks."""
+    state = process_state()
+    plan = Plan(list(jobs), [], [], Manifest(Path(manifest_dir) / MANIFEST) if manifest_dir is not None else None,
+                run_id or _run_id(state))  # fmt: skip
+    with state.main_process_first():
+        if plan.manifest is not None:
+            plan.manifest.check()
         for job in jobs:
-            (done if _is_made(job, overwrite) else todo).append(job)
-    return Plan(list(jobs), todo, done, manifest)
+            (plan.done if _is_made(job, overwrite) else plan.todo).append(job)
+        if state.is_main_process and plan.manifest is not None:
+            listed = {(r.get("path"), r.get("settings_hash")) for r in plan.manifest.read()[0]}
+            for job in plan.done:
+                if (plan.manifest.relative(job.path), job.settings_hash) not in listed:
+                    plan.manifest.append(plan.manifest.line(job, plan.run_id, None, None, None, state.num_processes))
+            plan.offset = plan.manifest.size()
+    if state.is_main_process and plan.done:
+        note(f"{len(plan.done)} of {len(plan.jobs)} clips already made with the same settings: skipped")
+    state.wait_for_everyone()
+    return plan
 
 
 def common_folder(paths: Sequence[Path]) -> Path:
@@ -347,17 +364,18 @@ def common_folder(paths: Sequence[Path]) -> Path:
 
 
 class _Progress:
-    """The main process's bar of clips finished across processes: a thread reads the manifest's new lines every
-    POLL_S seconds (without a manifest the bar counts this process's own clips). Never a collective call, so
-    processes with unequal shares cannot deadlock on it."""
+    """The main process's count of the plan's clips finished in all processes: a thread reads the manifest's new lines
+    every POLL_S seconds (without a manifest it counts this process's own clips), shown as a bar unless `show` is
+    off. Never a collective call, so processes with unequal shares cannot deadlock on it."""
 
-    def __init__(self, plan: Plan, offset: int, enabled: bool, desc: str):
+    def __init__(self, plan: Plan, show: bool, desc: str):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=len(plan.todo), desc=desc, unit="clip", disable=not enabled, dynamic_ncols=True)
-        self.manifest, self.offset = plan.manifest if enabled else None, offset
-        self.wanted = {plan.manifest.relative(job.path) for job in plan.todo} if self.manifest else set()
+        self.bar = tqdm(total=len(plan.todo), desc=desc, unit="clip", disable=not show, dynamic_ncols=True)
+        self.manifest, self.offset = plan.manifest, plan.offset
+        self.wanted = {plan.manifest.relative(job.path) for job in plan.todo} if plan.manifest else set()
         self.seen: set[str] = set()
+        self.count = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True) if self.manifest else None
         if self.thread:
@@ -366,8 +384,12 @@ class _Progress:
     def _refresh(self) -> None:
         records, self.offset = self.manifest.read(self.offset)
         self.seen.update(r.get("path") for r in records if r.get("path") in self.wanted)
-        if len(self.seen) != self.bar.n:
-            self.bar.update(len(self.seen) - self.bar.n)
+        self._show(len(self.seen))
+
+    def _show(self, count: int) -> None:
+        if count != self.count:
+            self.bar.update(count - self.count)
+            self.count = count
 
     def _poll(self) -> None:
         while not self.stop.wait(POLL_S):
@@ -376,7 +398,12 @@ class _Progress:
 
     def one_done(self) -> None:
         if self.manifest is None:
-            self.bar.update(1)
+            self._show(self.count + 1)
+
+    def wait_all(self) -> None:
+        """Return once every clip of the plan is listed (a process that fails stops the launcher, and with it this)."""
+        while self.thread is not None and len(self.seen) < len(self.wanted):
+            time.sleep(POLL_S / 5)
 
     def close(self) -> None:
         self.stop.set()
@@ -387,28 +414,15 @@ class _Progress:
 
 
 class Share:
-    """This process's share of a plan's jobs left (`jobs`), made by `run`; `finish` waits for the other processes.
-
-    Starting one (step 3 of a batch) is a collective step: every process creates its Share together."""
+    """This process's share of a plan's jobs left (`jobs`: accelerate's contiguous split of the same list in every
+    process), made by `run`; on the main process `finish` waits until the others' clips are listed too."""
 
     def __init__(self, plan: Plan, progress: bool = True, desc: str = "clips"):
         self.plan, self.state = plan, process_state()
-        self.run_id = _run_id(self.state)
-        # 1. the main process lists clips made but not listed (a run killed between the two), then all start together
-        offset = 0
-        if self.state.is_main_process and plan.manifest is not None:
-            listed = {(r.get("path"), r.get("settings_hash")) for r in plan.manifest.read()[0]}
-            for job in plan.done:
-                if (plan.manifest.relative(job.path), job.settings_hash) not in listed:
-                    plan.manifest.append(plan.manifest.line(job, self.run_id, None, None, None, self.state.num_processes))
-            offset = plan.manifest.size()
-        if self.state.is_main_process and plan.done:
-            note(f"{len(plan.done)} of {len(plan.jobs)} clips already made with the same settings: skipped")
-        self.state.wait_for_everyone()  # every process planned before any writes: all split the same list
-        # 2. this process's share: accelerate's contiguous split of the same list in every process
         with self.state.split_between_processes(plan.todo) as share:
             self.jobs: list[Job] = list(share)
-        self.bar = _Progress(plan, offset, progress and self.state.is_main_process, desc)
+        main = self.state.is_main_process
+        self.progress = _Progress(plan, progress, desc) if main else None
 
     def run(self, pipe: Any, make: Callable[[Any, Job], Any]) -> list[dict[str, Any]]:
         """`make(pipe, job)` for each job of the share (it writes the clip atomically), then its manifest line; then
@@ -419,23 +433,27 @@ class Share:
                 start = time.perf_counter()
                 make(pipe, job)
                 if self.plan.manifest is not None:
-                    line = self.plan.manifest.line(job, self.run_id, time.perf_counter() - start, device,
+                    line = self.plan.manifest.line(job, self.plan.run_id, time.perf_counter() - start, device,
                                                    self.state.process_index, self.state.num_processes)  # fmt: skip
                     self.plan.manifest.append(line)
                     lines.append(line)
-                self.bar.one_done()
+                if self.progress:
+                    self.progress.one_done()
         except BaseException:
-            self.bar.close()
+            if self.progress:
+                self.progress.close()
             raise
         self.finish()
         return lines
 
     def finish(self) -> None:
-        """Wait for the other processes (the main process's bar keeps counting their clips meanwhile)."""
-        try:
-            self.state.wait_for_everyone()
-        finally:
-            self.bar.close()
+        """Main process: wait until every clip of the plan is listed in the manifest (the bar counts meanwhile).
+        Other processes return at once: no collective call after planning, so unequal shares cannot deadlock."""
+        if self.progress:
+            try:
+                self.progress.wait_all()
+            finally:
+                self.progress.close()
 
 
 def run_jobs(plan: Plan, load: Callable[[], Any], make: Callable[[Any, Job], Any], progress: bool = True,

@@ -100,7 +100,9 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
         resolve_weights(I3D_WEIGHTS, opt.weights_dir)
     if main_process and "is" in opt.metrics:
         resolve_weights(C3D_WEIGHTS, opt.weights_dir)
-    plans = {name: plan_jobs(js, kw["overwrite"], root) for name, js in jobs.items()}  # what is made, what is left
+    plans: dict[str, Plan] = {}  # what is made, what is left; one run id for all
+    for name, js in jobs.items():
+        plans[name] = plan_jobs(js, kw["overwrite"], root, next(iter(plans.values())).run_id if plans else None)
 
     # 2. generate, one checkpoint at a time, the videos left split between the processes
     for vs in sets:
