@@ -28,11 +28,13 @@ import re
 import string
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from nadm import __version__, signals
+from nadm.devices import AUTO
 from nadm.errors import NADMError, note
 
 if TYPE_CHECKING:
@@ -43,7 +45,6 @@ PATTERN_FIELDS = ("i", "slug", "seed")  # placeholders an output pattern may use
 SEED_LIMIT = 2**63  # the sampler's bound (nadm.pipeline.SEED_LIMIT; a test keeps the two equal)
 HASH_CHARS = 16  # hex digits of sha256 kept as a job's settings hash
 POLL_S = 0.5  # how often the main process's progress bar reads the manifest
-AUTO = (None, "", "auto")
 
 
 # ------------------------------------------------------------------------------------------ the job list

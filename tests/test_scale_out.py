@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-import re
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
