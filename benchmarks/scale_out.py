@@ -128,7 +128,7 @@ def main() -> None:
     text = [
         "# Generation at scale: clips per minute, 1 process vs several",
         "",
-        f"Written by `python benchmarks/scale_out.py --seeds {args.seeds} --steps {args.steps}` on {when} "
+        f"Written by `python benchmarks/scale_out.py --seeds {args.seeds} --steps {args.steps} --repeats {args.repeats}` on {when} "
         f"({time.perf_counter() - started:.0f} s). Machine: {machine}; load average {load_before[0]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after. Tiny random models (nadm.tiny), 2 prompts x {args.seeds} seeds = "
         f"{2 * args.seeds} clips, 64x64, 16 frames -> 31 (SOFP), DDIM {args.steps} steps, guidance 8. wall: clips / "
