@@ -175,6 +175,27 @@ def test_two_processes_make_the_same_files_as_one(models, tmp_path, capsys):
         assert line["settings_hash"] == side["job"]["settings_hash"]
 
 
+def test_compare_in_two_processes_scores_on_the_main_process(models, tmp_path, capsys):
+    """`nadm compare` on the same jobs: 2 checkpoints x 2 seeds in 2 processes give the 1-process run's videos and
+    scores; only the main process scores and reports."""
+    (tmp_path / "p.txt").write_text("mist over pines\n")
+    common = ["--motion", f"a={models / 'motion'}", "--motion", f"b={models / 'motion'}", "--base", models / "base",
+              "--prompts", tmp_path / "p.txt", "--seeds", "0-1", "--frames", "4", "--height", "32", "--width", "32",
+              "--steps", "2", "--no-interpolate", "--metrics", "flicker", "--device", "cpu", "--quiet"]  # fmt: skip
+    code, _, err = run_inprocess(capsys, "compare", "--out", tmp_path / "one", "--json", tmp_path / "one.json", *common)
+    assert code == 0, err
+    done = subprocess.run(launch("compare", "--out", tmp_path / "two", "--json", tmp_path / "two.json", *common),
+                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two") and len(outputs(tmp_path / "two")) == 8
+    assert done.stdout.count("wrote ") == 1  # the report, once
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text())["results"] for n in ("one", "two"))
+    assert one == two and set(two) == {"a", "b"}
+    lines = manifest_lines(tmp_path / "two")
+    assert sorted(line["path"] for line in lines) == sorted(f"{m}/0000_seed{s}.mp4" for m in "ab" for s in (0, 1))
+    assert {line["rank"] for line in lines} == {0, 1} and len({line["run"] for line in lines}) == 1
+
+
 # ---------------------------------------------------------------------------------------- kill, restart
 
 

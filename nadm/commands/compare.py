@@ -125,7 +125,7 @@ def _generate_set(plan: Plan, name: str, checkpoint: str, base: str | None, devi
     from nadm.jobs import run_jobs
     from nadm.pipeline import NADMPipeline
 
-    kwargs = {"motion": checkpoint, "device": device}
+    kwargs = {"motion": checkpoint, "device": device, "progress": False}  # one bar of videos (nadm.jobs)
     if base is not None:
         kwargs["base"] = base
 
