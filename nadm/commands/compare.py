@@ -20,7 +20,7 @@ from nadm.commands.evaluate import (
 from nadm.errors import NADMError
 
 if TYPE_CHECKING:
-    from nadm.evaluation import VideoSet
+    from nadm.jobs import Job, Plan
 
 
 def _parse_motion(items: tuple[str, ...]) -> dict[str, str]:
@@ -39,36 +39,19 @@ def _parse_motion(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _parse_seeds(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise NADMError(f"--seeds takes comma-separated integers, got '{text}'") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise NADMError(f"--seeds needs distinct integers, got '{text}'")
-    return seeds
-
-
-def _reusable(path: Path, prompt: str, seed: int, motion: str) -> bool:
-    """True when path is a video compare made before with this prompt, seed and motion checkpoint."""
-    from nadm.io import read_sidecar
-
-    side = read_sidecar(path) or {}
-    return side.get("prompt") == prompt and side.get("seed") == seed and side.get("motion") == motion
-
-
 @click.command(epilog=METRIC_HELP + """
 \b
 Videos go to OUT/NAME/PPPP_seedS.mp4 (prompt index, seed) with a sidecar holding
-the prompt, seed, motion checkpoint and generation settings. An existing video
-with the same prompt, seed and checkpoint is reused (an interrupted run
-resumes); any other existing file is an error unless --overwrite.
+the prompt, seed, motion checkpoint and generation settings, and each finished
+video gets a line in OUT/manifest.jsonl. An existing video made with the same
+settings is reused (an interrupted run resumes); one made with other settings
+is an error unless --overwrite. Under accelerate launch the videos are split
+between the processes (docs/scale_out.md).
 """)
 @click.option("--motion", "motions", multiple=True, required=True,
               help="NAME=CHECKPOINT of a motion module (repeat: NADM, the AnimateDiff baseline, ablations).")
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False), help="One prompt per line.")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; every prompt runs with each.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2 or 0-9; every prompt runs with each.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the videos.")
 @click.option("--real", "real_dir", type=click.Path(), default=None, help="Folder of real videos (FVD/KVD).")
 @click.option("--base", default=None,
@@ -88,8 +71,10 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     """Generate with several motion checkpoints and score them in one table.
 
     Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
+    from nadm.devices import AUTO, resolve_device, resolve_dtype
     from nadm.evaluation import NEEDS_REAL, VideoSet, check_request
-    from nadm.io import check_output_file, check_replaceable, check_writable
+    from nadm.io import check_output_file, check_writable
+    from nadm.jobs import job_device, job_grid, make_jobs, parse_seeds, plan_jobs, process_state
     from nadm.metric_networks import C3D_WEIGHTS, I3D_WEIGHTS, resolve_weights
 
     # 1. check every input, and fetch the metric networks, before hours of generation
@@ -97,29 +82,34 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     opt = options_from(kw)
     checkpoints = _parse_motion(motions)
     prompts = read_prompt_file(prompts_file)
-    seed_list = _parse_seeds(seeds)
+    seed_list = parse_seeds(seeds)
     real = list_videos(real_dir) if real_dir else None
     root = Path(out_dir).expanduser()
-    jobs = [(i, p, s) for i, p in enumerate(prompts) for s in seed_list]
-    sets = [VideoSet(name, [root / name / f"{i:04d}_seed{s}.mp4" for i, _, s in jobs], [p for _, p, _ in jobs])
-            for name in checkpoints]
+    # every checkpoint gets the same jobs (nadm.jobs): prompt x seed, the settings that determine a video hashed
+    device = job_device(None if opt.device in AUTO else opt.device)  # under accelerate launch: this process's
+    call = dict(num_frames=num_frames, height=height, width=width, steps=steps, guidance=guidance, interpolate=interpolate)
+    common = {"base": base, **call, "fps": fps, "dtype": str(resolve_dtype(None, resolve_device(device))).removeprefix("torch.")}
+    grid = job_grid(prompts, seed_list)
+    jobs = {name: make_jobs([root / name / f"{i - 1:04d}_seed{s}.mp4" for i, _, s in grid], grid, {"motion": ckpt, **common})
+            for name, ckpt in checkpoints.items()}  # fmt: skip
+    sets = [VideoSet(name, [job.path for job in js], [job.prompt for job in js]) for name, js in jobs.items()]
     check_request(sets, real, opt)
     check_writable(root)
-    for vs in sets:
-        for path, (_, prompt, seed) in zip(vs.paths, jobs):
-            if path.exists() and not kw["overwrite"] and not _reusable(path, prompt, seed, checkpoints[vs.label]):
-                raise NADMError(f"{path} exists and was not made with this prompt/seed/checkpoint: pass --overwrite")
-            check_replaceable(path, True)  # only a video nadm wrote is reused or replaced
-    if set(opt.metrics) & NEEDS_REAL:
+    main_process = process_state().is_main_process  # scores and reports (the others only generate)
+    if main_process and set(opt.metrics) & NEEDS_REAL:
         resolve_weights(I3D_WEIGHTS, opt.weights_dir)
-    if "is" in opt.metrics:
+    if main_process and "is" in opt.metrics:
         resolve_weights(C3D_WEIGHTS, opt.weights_dir)
+    plans: dict[str, Plan] = {}  # what is made, what is left; one run id for all
+    for name, js in jobs.items():
+        plans[name] = plan_jobs(js, kw["overwrite"], root, next(iter(plans.values())).run_id if plans else None)
 
-    # 2. generate, one checkpoint at a time
+    # 2. generate, one checkpoint at a time, the videos left split between the processes
     for vs in sets:
-        _generate_set(vs, checkpoints[vs.label], jobs, base, opt.device, kw["overwrite"], not kw["quiet"],
-                      dict(num_frames=num_frames, height=height, width=width, steps=steps, guidance=guidance,
-                           interpolate=interpolate), fps)
+        _generate_set(plans[vs.label], vs.label, checkpoints[vs.label], base, device, kw["overwrite"], not kw["quiet"],
+                      call, fps)  # fmt: skip
+    if not main_process:
+        return
 
     # 3. score all sets against the same real features, 4. print and save
     generation = {"base": base, "motions": checkpoints, "prompts": prompts, "seeds": seed_list,
@@ -128,23 +118,21 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     score_and_report(sets, real, real_dir, opt, json_out, {"generation": generation}, kw["overwrite"])
 
 
-def _generate_set(vs: VideoSet, checkpoint: str, jobs: list[tuple[int, str, int]], base: str | None, device: str | None,
-                  overwrite: bool, progress: bool, call: dict[str, Any], fps: float) -> None:
-    """Generate (or reuse) every video of one motion checkpoint with NADMPipeline."""
-    from tqdm.auto import tqdm
-
+def _generate_set(plan: Plan, name: str, checkpoint: str, base: str | None, device: str | None, overwrite: bool,
+                  progress: bool, call: dict[str, Any], fps: float) -> None:  # fmt: skip
+    """Generate this process's share of the videos left of one motion checkpoint with NADMPipeline (nadm.jobs)."""
     from nadm.io import write_video
+    from nadm.jobs import run_jobs
     from nadm.pipeline import NADMPipeline
 
-    todo = [(path, prompt, seed) for path, (_, prompt, seed) in zip(vs.paths, jobs) if overwrite or not path.exists()]
-    if not todo:
-        return
-    kwargs = {"motion": checkpoint, "device": None if device in (None, "", "auto") else device}
+    kwargs = {"motion": checkpoint, "device": device, "progress": False}  # one bar of videos (nadm.jobs)
     if base is not None:
         kwargs["base"] = base
-    pipe = NADMPipeline.from_pretrained(**kwargs)
-    for path, prompt, seed in tqdm(todo, desc=f"generating {vs.label}", unit="video", disable=not progress):
-        result = pipe(prompt, seed=seed, **call)
-        meta = {"prompt": prompt, "seed": seed, "motion": checkpoint, "settings": dict(result.settings)}
-        write_video(result.frames, path, fps=fps, metadata=meta, overwrite=overwrite)
-    del pipe
+
+    def make(pipe, job: Job) -> None:
+        result = pipe(job.prompt, seed=job.seed, **call)
+        meta = {"prompt": job.prompt, "seed": job.seed, "motion": checkpoint, "settings": dict(result.settings),
+                "job": job.record()}  # fmt: skip
+        write_video(result.frames, job.path, fps=fps, metadata=meta, overwrite=overwrite)
+
+    run_jobs(plan, lambda: NADMPipeline.from_pretrained(**kwargs), make, progress, desc=f"generating {name}")

@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import math
-import re
 import shutil
-import string
 import sys
 import tempfile
 import time
@@ -20,6 +18,7 @@ import click
 from nadm.base import DEFAULT_BASE, LoraSpec, check_base_source, quiet_loading
 from nadm.commands.options import motion_lora_option, parse_motion_loras
 from nadm.errors import NADMError
+from nadm.jobs import expand_pattern, parse_seeds
 from nadm.pipeline import (
     BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
 )  # fmt: skip
@@ -27,7 +26,9 @@ from nadm.travel import INTERPOLATIONS, travel_keys
 from nadm.windows import DEFAULT_SCHEDULE, SCHEDULES, check_window_options
 
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]
-PATTERN_FIELDS = ("i", "slug")  # placeholders an --prompts output pattern may use
+# options that do not change a clip (left out of its settings hash, nadm.jobs); the prompt and seed go in per job
+NOT_SETTINGS = ("prompt", "output", "prompts_file", "seed", "seeds", "device", "overwrite", "quiet", "cpu_offload",
+                "travel_items", "travel_file")
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -45,34 +46,6 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise NADMError(f"no prompts in {path} (one prompt a line; '#' starts a comment line)")
     return prompts
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of a prompt: lowercase ASCII words joined by '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "prompt"
-
-
-def expand_pattern(pattern: str, prompts: list[str]) -> list[Path]:
-    """One output path per prompt from a pattern with {i} (1-based index, e.g. {i:03d}) and/or {slug}."""
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
-    except ValueError as e:
-        raise NADMError(f"bad output pattern {pattern!r}: {e}") from None
-    if not fields:
-        raise NADMError(f"with --prompts, -o must be a pattern with {{i}} or {{slug}}, e.g. clips/{{i:03d}}.mp4; got {pattern!r}")
-    unknown = sorted(fields - set(PATTERN_FIELDS))
-    if unknown:
-        raise NADMError(f"unknown placeholder {{{unknown[0]}}} in {pattern!r}: use {{i}} (prompt number) or {{slug}}")
-    try:
-        paths = [Path(pattern.format(i=i, slug=slug(p))) for i, p in enumerate(prompts, start=1)]
-    except (ValueError, IndexError, KeyError) as e:
-        raise NADMError(f"bad output pattern {pattern!r}: {e}") from None
-    seen: dict[Path, int] = {}
-    for i, path in enumerate(paths, start=1):
-        if path in seen:
-            raise NADMError(f"the pattern {pattern!r} gives {path} for prompts {seen[path]} and {i}: add {{i}}")
-        seen[path] = i
-    return paths
 
 
 # ------------------------------------------------------------------------------ shared with `nadm animate`
@@ -119,8 +92,9 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
 @click.command()
 @click.argument("prompt", required=False)
 @click.option("-o", "--output", required=True, metavar="OUT",
-              help="Video file (.mp4, .gif, .webp) or, without an extension, a folder of PNG frames. With --prompts: "
-                   "a pattern with {i} (prompt number, e.g. {i:03d}) and/or {slug}, e.g. clips/{i:03d}.mp4.")
+              help="Video file (.mp4, .gif, .webp) or, without an extension, a folder of PNG frames. With --prompts or "
+                   "--seeds: a pattern with {i} (prompt number, e.g. {i:03d}), {slug} and/or {seed}, e.g. "
+                   "clips/{i:03d}-{seed}.mp4.")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Generate one clip per line of FILE (blank and '#' lines skipped) instead of PROMPT.")
 @click.option("--negative", default="", help="Negative prompt (the unconditional branch of guidance).")
@@ -131,6 +105,8 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
 @click.option("--steps", type=int, default=25, show_default=True, help="Sampling steps (paper: 25).")
 @click.option("--guidance", type=float, default=8.0, show_default=True, help="Classifier-free guidance scale (paper: 8; 1 = off).")
 @click.option("--seed", type=int, help="Random seed; drawn at random (and recorded in the sidecar) when not given.")
+@click.option("--seeds", metavar="LIST", help="Seeds, e.g. 0,3,7 or 0-39: every prompt is made with each (a job per "
+              "prompt x seed, split between processes under accelerate launch; made ones are skipped).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="ddim", show_default=True, help="Sampler (paper: ddim).")
 @click.option("--base", default=DEFAULT_BASE, show_default=True,
               help="Stable Diffusion 1.5: hub id, local diffusers folder, or single-file .safetensors/.ckpt.")
@@ -172,9 +148,9 @@ def load_pipeline(frames: int, windows: dict, base, base_config, motion, lora_sp
 def generate(prompt, output, prompts_file, negative, frames, height, width, steps, guidance, seed, scheduler, base,
              base_config, motion, loras, motion_loras, motion_scale, interpolate, flow, fps, device, dtype, vae_slicing,
              vae_tiling, cpu_offload, compile_mode, context, overlap, window_schedule, window_batch, loop, travel_items,
-             travel_file, travel_interp, overwrite, quiet) -> None:  # fmt: skip
+             travel_file, travel_interp, overwrite, quiet, seeds) -> None:  # fmt: skip
     """Generate a landscape-painting video from PROMPT (Alg. 1: DDIM + guidance, then SOFP interpolation)."""
-    from nadm.io import check_output_path, read_sidecar
+    from nadm.io import read_sidecar
 
     # 1. everything that can be checked without loading a model
     travel = travel_keys(travel_items, travel_file, frames, travel_interp)
@@ -188,29 +164,47 @@ def generate(prompt, output, prompts_file, negative, frames, height, width, step
     check_window_options(frames, **windows)
     lora_specs = check_shared_options(base, base_config, loras, compile_mode, cpu_offload, fps, motion_scale)
     motion_lora_specs = parse_motion_loras(motion_loras)
-    # 2. where each clip goes: refused now if it exists (without --overwrite) or has an unknown extension
-    paths = expand_pattern(output, prompts) if prompts_file is not None else [Path(output)]
-    paths = [check_output_path(path, overwrite) for path in paths]
+    # 2. the jobs (prompt x seed), where each goes, which are made already (skipped): refused now if an output exists
+    #    with other settings (without --overwrite) or has an unknown extension (nadm.jobs)
+    from nadm.devices import resolve_device, resolve_dtype
+    from nadm.jobs import Share, common_folder, job_device, job_grid, make_jobs, plan_jobs
 
-    # 3. motion weights (small; they fix the frame limit), then the base and the video UNet
+    if seeds is not None and seed is not None:
+        raise NADMError("give --seed or --seeds, not both")
+    seed_list, batch = parse_seeds(seeds) if seeds is not None else [seed], prompts_file is not None or seeds is not None
+    grid = job_grid(prompts, seed_list)
+    paths = expand_pattern(output, prompts, seed_list) if batch else [Path(output)]
+    device = job_device(device)  # under accelerate launch: this process's device
+    settings = {k: v for k, v in click.get_current_context().params.items() if k not in NOT_SETTINGS}
+    settings["dtype"] = str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")  # fails before loading
+    plan = plan_jobs(make_jobs(paths, grid, settings), overwrite, common_folder(paths) if batch else None)
+    share = Share(plan, progress=not quiet and batch)  # this process's share of the jobs left
+    if not share.jobs:
+        return share.finish()
+
+    # 3. motion weights (small; they fix the frame limit), then the base and the video UNet (a batch shows one bar of
+    #    clips, nadm.jobs)
     from nadm.pipeline import save_result
 
     pipe = load_pipeline(frames, windows, base, base_config, motion, lora_specs, motion_lora_specs, device, dtype,
-                         scheduler, vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet)  # fmt: skip
+                         scheduler, vae_slicing, vae_tiling, cpu_offload, compile_mode, quiet or batch)  # fmt: skip
 
-    # 4. generate and write each clip
-    for text, path in zip(prompts, paths):
+    # 4. generate and write each clip of this process's share (its sidecar keeps the job's settings and hash)
+    def make(pipe, job) -> None:
         start = time.perf_counter()
-        result = pipe(text, negative or None, num_frames=frames, height=height, width=width, steps=steps,
-                      guidance=guidance, seed=seed, interpolate=interpolate, flow=flow, motion_scale=motion_scale,
+        result = pipe(job.prompt, negative or None, num_frames=frames, height=height, width=width, steps=steps,
+                      guidance=guidance, seed=job.seed, interpolate=interpolate, flow=flow, motion_scale=motion_scale,
                       context=context, overlap=overlap, loop=loop, window_schedule=window_schedule,
                       window_batch=window_batch, travel_interp=travel_interp)  # fmt: skip
-        written = save_result(result, path, fps=fps or result.fps, overwrite=overwrite)
+        result.settings["job"] = job.record()
+        written = save_result(result, job.path, fps=fps or result.fps, overwrite=overwrite)
         rate = read_sidecar(written)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
         click.echo(
             f"wrote {written}: {len(result.frames)} frames ({len(result.keyframes)} generated), {width}x{height}, "
             f"{rate:g} fps, seed {result.settings['seed']}, {time.perf_counter() - start:.1f} s"
         )
+
+    share.run(pipe, make)
 
 
 # ----------------------------------------------------------------------------------------------- selftest
