@@ -29,7 +29,7 @@ COLUMNS = ["made", "clip", "tab", "prompt", "seed", "frames", "size"]
 def new_clip_path(outputs: Path, kind: str, text: str = "", suffix: str = ".mp4") -> Path:
     """`outputs/YYYYmmdd-HHMMSS-KIND-SLUG-XXXXXX.mp4`: time-ordered, readable, and unique (a random token; a name
     taken by a clip or a sidecar is drawn again)."""
-    from nadm.commands.generate import slug
+    from nadm.jobs import slug
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     words = slug(text, 32) if text.strip() else kind
