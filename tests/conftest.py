@@ -45,3 +45,21 @@ def clip_dir(tmp_path_factory) -> Path:
     from fakes import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random base (diffusers folder) and a tiny NADM checkpoint with random motion weights (a test module
+    may define its own `tiny`)."""
+    from nadm.tiny import build_tiny_base, build_tiny_motion
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {"base": build_tiny_base(root / "base"), "motion": build_tiny_motion(root / "motion"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    """The NADM pipeline on `tiny`, progress bars off."""
+    from nadm.pipeline import NADMPipeline
+
+    return NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)

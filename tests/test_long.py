@@ -21,8 +21,6 @@ from nadm.tiny import TINY_MOTION
 from nadm.travel import InvalidTravel, TravelSchedule, check_travel, parse_travel, read_travel_file, travel_schedule
 from nadm.windows import DEFAULT_CONTEXT, ContextPlan, InvalidWindows, plan_windows, pyramid, trained_frames
 
-from test_pipeline import pipe, tiny  # noqa: F401 - the module-scoped tiny base + NADM checkpoint and pipeline
-
 SMALL = dict(height=32, width=32, steps=2)
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: single-threaded tiny models
 

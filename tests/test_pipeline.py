@@ -20,25 +20,13 @@ from nadm.pipeline import (
     default_fps,
     make_scheduler,
 )
-from nadm.tiny import TINY_MOTION, TINY_UNET, TINY_VAE, build_tiny_base, build_tiny_motion
+from nadm.tiny import TINY_MOTION, TINY_UNET, TINY_VAE, build_tiny_base
 
 PROMPT = "mountains in mist, ink wash"
 SMALL = dict(num_frames=4, height=32, width=48, steps=2)  # latents (1, 4, 4, 4, 6)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: single-threaded tiny models
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random base (diffusers folder) and a tiny NADM checkpoint with random motion weights."""
-    root = tmp_path_factory.mktemp("tiny")
-    return {"base": build_tiny_base(root / "base"), "motion": build_tiny_motion(root / "motion"), "root": root}
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny):
-    return NADMPipeline.from_pretrained(tiny["base"], motion=tiny["motion"], progress=False)
 
 
 def _frames(pipe, prompt=PROMPT, **kw):
