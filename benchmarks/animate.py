@@ -86,7 +86,6 @@ def timed(fn, device: str) -> float:
 
 def bench(pipe, s: Setting, mask: Path, device: str, repeats: int) -> dict:
     """Median seconds of text-to-video, animate and animate with a still mask (interleaved), and of animate's parts."""
-    from nadm.animate import PaintingCondition, prepare_painting
 
     common = dict(num_frames=s.frames, steps=s.steps, guidance=s.guidance, seed=0, interpolate=s.interpolate)
     size = dict(height=s.height, width=s.width)

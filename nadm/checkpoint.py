@@ -23,8 +23,8 @@ import torch
 from nadm import __version__
 from nadm.config import NADMConfig, from_dict, to_dict
 from nadm.errors import NADMError
-from nadm.io import staged_folder
 from nadm.motion import check_state_dict
+from nadm.outputs import staged_folder
 from nadm.weights import check_weights, read_weights
 
 FORMAT = "nadm"

@@ -519,7 +519,7 @@ def save_train_config(config: TrainConfig, path) -> None:
     """Write the resolved config as YAML, with the nadm version in a comment, atomically."""
     import yaml
 
-    from nadm.io import write_text_atomic
+    from nadm.outputs import write_text_atomic
 
     text = f"# nadm {__version__} training config (resolved: defaults <- preset <- file <- flags)\n"
     text += yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)

@@ -34,7 +34,8 @@ from nadm.data import (
 )
 from nadm.decode import DECODE_ERRORS, VideoInfo, count_frames, frame_rate, indexed_frames, open_video, probe_video
 from nadm.errors import NADMError
-from nadm.io import MP4_CRF, check_replaceable, check_writable, staged_folder
+from nadm.io import MP4_CRF
+from nadm.outputs import check_replaceable, check_writable, staged_folder
 
 DETECTOR_DEFAULTS = {"content": 27.0, "adaptive": 3.0}  # PySceneDetect's own default thresholds
 MIN_SCENE_LEN = 15  # frames; PySceneDetect's default: cuts closer than this are merged (flash suppression)

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from nadm.config import DataConfig
 from nadm.decode import count_frames, probe_video, read_frames  # read_frames, count_frames: also nadm.data's API
 from nadm.errors import NADMError
-from nadm.io import write_text_atomic
+from nadm.outputs import write_text_atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv")
 CAPTION_FILES = ("captions.csv", "captions.jsonl")

@@ -215,7 +215,7 @@ class Manifest:
 
     def check(self) -> None:
         """NADMError unless the manifest can be appended to: absent, or a file whose lines nadm wrote."""
-        from nadm.io import check_writable
+        from nadm.outputs import check_writable
 
         check_writable(self.path.parent)
         if not (self.path.exists() or self.path.is_symlink()):
@@ -313,7 +313,8 @@ def _is_made(job: Job, overwrite: bool) -> bool:
     """True when the job's output and sidecar exist with the same settings hash. Otherwise the output is checked
     (nadm.io.check_output_path: an existing one is an error unless `overwrite`, and then only nadm's own is replaced)
     and False comes back."""
-    from nadm.io import check_output_path, read_sidecar, sidecar_path
+    from nadm.io import check_output_path, read_sidecar
+    from nadm.outputs import sidecar_path
 
     side = None
     if job.path.exists():

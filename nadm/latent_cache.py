@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from nadm.data import VideoClipDataset, listing
 from nadm.errors import InvalidRequest, NADMError
-from nadm.io import staged_folder
+from nadm.outputs import staged_folder
 from nadm.text import encode_text  # re-exported: the latent cache's text side is the sampler's encoder
 
 CACHE_FORMAT = 1

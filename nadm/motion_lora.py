@@ -392,7 +392,7 @@ def save_motion_lora(folder: Path, layers: dict, sidecar: dict[str, Any]) -> Pat
     atomically."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
-    from nadm.io import staged_folder, write_text_atomic
+    from nadm.outputs import staged_folder, write_text_atomic
 
     state, adapter_config = peft_form(layers)
     with staged_folder(Path(folder), overwrite=False) as tmp:

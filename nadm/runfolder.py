@@ -37,8 +37,8 @@ from safetensors.torch import load_file
 
 from nadm.checkpoint import ADAPTER_FILE, load_checkpoint
 from nadm.errors import NADMError
-from nadm.io import foreign_file, move_into_place
 from nadm.motion_lora import LORA_FILE, SIDECAR, read_motion_lora, trained_keys
+from nadm.outputs import foreign_file, safe_replace
 from nadm.pipeline import NADMPipeline, save_result
 from nadm.weights import read_weights
 
@@ -209,7 +209,7 @@ def write_checkpoint(accelerator, out: Path, step: int, write_contents) -> Path:
     accelerator.wait_for_everyone()
     # 3. into place
     if accelerator.is_main_process:
-        move_into_place(partial, final, overwrite=True)
+        safe_replace(partial, final, overwrite=True)
     accelerator.wait_for_everyone()
     return final
 

@@ -106,7 +106,7 @@ def tiny_components(tokenizer_dir: str | Path, seed: int = 0) -> dict:
 
 def build_tiny_base(path: str | Path, seed: int = 0) -> Path:
     """Save a tiny random SD-1.5-layout pipeline (diffusers folder: unet, vae, text_encoder, tokenizer, scheduler)."""
-    from nadm.io import staged_folder
+    from nadm.outputs import staged_folder
 
     path = Path(path)
     with quiet_loading(), staged_folder(path, overwrite=False) as staging:  # quiet: it is a tiny model

@@ -1,8 +1,8 @@
 """Issue 11, "Nothing lost, no tracebacks": the red-team list re-run against the CLI.
 
 Every case ends in one `error:` line (exit code 2) or a clean stop, with no traceback, none of the user's files
-changed and no temporary file left (`nadm.io.safe_replace`, `nadm.weights.read_weights`, `nadm.signals`,
-`nadm.hub`, `nadm.io.check_writable`). docs/reliability.md lists the cases and their outcomes.
+changed and no temporary file left (`nadm.outputs.safe_replace`, `nadm.weights.read_weights`, `nadm.signals`,
+`nadm.hub`, `nadm.outputs.check_writable`). docs/reliability.md lists the cases and their outcomes.
 Item 5 (resume with a damaged optimizer.bin) and item 12 (which prompt was cut) are tested with the training and
 pipeline code they live in.
 """

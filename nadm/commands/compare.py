@@ -73,9 +73,9 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     Every checkpoint gets the same prompts and seeds, like the paper's Tables I-IV."""
     from nadm.devices import AUTO, resolve_device, resolve_dtype
     from nadm.evaluation import NEEDS_REAL, VideoSet, check_request
-    from nadm.io import check_output_file, check_writable
     from nadm.jobs import job_device, job_grid, make_jobs, parse_seeds, plan_jobs, process_state
     from nadm.metric_networks import C3D_WEIGHTS, I3D_WEIGHTS, resolve_weights
+    from nadm.outputs import check_output_file, check_writable
 
     # 1. check every input, and fetch the metric networks, before hours of generation
     json_out = check_output_file(kw["json_out"], kw["overwrite"])

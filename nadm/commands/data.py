@@ -115,8 +115,8 @@ def cache(root: Path, out: Path, base: str | None, base_config: str | None, fram
     from nadm.base import DEFAULT_BASE, load_base
     from nadm.data import DataConfig, VideoClipDataset
     from nadm.errors import NADMError
-    from nadm.io import check_replaceable, check_writable
     from nadm.latent_cache import cache_latents
+    from nadm.outputs import check_replaceable, check_writable
     from nadm.pipeline import resolve_device
 
     # 1. everything about the request before the models load (OUT: new, empty, or with --overwrite an earlier cache)

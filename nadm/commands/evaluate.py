@@ -148,7 +148,7 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 def write_json(path: Path, data: dict[str, Any], overwrite: bool) -> None:
     """Write JSON atomically (a temporary file in the same folder, then `safe_replace`)."""
-    from nadm.io import write_text_atomic
+    from nadm.outputs import write_text_atomic
 
     try:
         write_text_atomic(path, json.dumps(data, indent=2) + "\n", overwrite=overwrite)
@@ -277,7 +277,7 @@ def evaluate(fake_dirs: tuple[str, ...], real_dir: str | None, prompts_file: str
     The paper's metrics (Sec. IV-C2) plus two weight-free temporal ones. Each folder holds one video per
     file (mp4/gif/webp/avi/mov/mkv/webm) or per sub-folder of frames."""
     from nadm.evaluation import NEEDS_PROMPTS, VideoSet
-    from nadm.io import check_output_file
+    from nadm.outputs import check_output_file
 
     # 1. check every input before any network is loaded
     json_out = check_output_file(kw["json_out"], kw["overwrite"])

@@ -20,7 +20,13 @@ from nadm.commands.options import motion_lora_option, parse_motion_loras
 from nadm.errors import NADMError
 from nadm.jobs import expand_pattern, parse_seeds
 from nadm.pipeline import (
-    BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
+    BASE_FPS,
+    COMPILE_MODES,
+    DEFAULT_MOTION,
+    SCHEDULERS,
+    check_compile,
+    check_motion_scale,
+    check_request,
 )  # fmt: skip
 from nadm.travel import INTERPOLATIONS, travel_keys
 from nadm.windows import DEFAULT_SCHEDULE, SCHEDULES, check_window_options
@@ -236,7 +242,7 @@ class _Stages:
 def selftest(keep: Path | None, device: str, dtype: str) -> None:
     """Generate a short video offline with tiny random models, end to end, and time each stage."""
     if keep is not None:
-        from nadm.io import check_writable
+        from nadm.outputs import check_writable
 
         clash = [keep / name for name in ("base", "motion", "selftest.mp4") if (keep / name).exists()]
         if clash:

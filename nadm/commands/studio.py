@@ -41,7 +41,7 @@ def studio(outputs: Path, host: str, port: int, share: bool, max_upload_mb: floa
     """Serve the web studio: text to video, animate a painting, interpolate, and the gallery of OUTPUTS (Ctrl-C stops)."""
     from nadm.commands.generate import check_shared_options
     from nadm.commands.options import parse_motion_loras
-    from nadm.io import check_writable
+    from nadm.outputs import check_writable
     from nadm.studio.safety import check_outputs_folder
 
     # 1. everything that can be checked before the model loads

@@ -136,7 +136,7 @@ def report(database: str, figure: str | None, json_out: str | None, overwrite: b
     """Preference rates per system pair and question, Wilson 95% intervals, binomial tests."""
     from nadm import __version__
     from nadm.commands.evaluate import write_json
-    from nadm.io import check_output_file, mark_output
+    from nadm.outputs import check_output_file, mark_output
     from nadm.study import db
     from nadm.study.report import analyse, format_table, plot
 
@@ -165,7 +165,7 @@ def report(database: str, figure: str | None, json_out: str | None, overwrite: b
 @click.option("--overwrite", is_flag=True, help="Replace an existing CSV file.")
 def export(database: str, csv_out: str, overwrite: bool) -> None:
     """Write every answer to a CSV file (atomically) for analysis elsewhere."""
-    from nadm.io import check_output_file, mark_output, write_text_atomic
+    from nadm.outputs import check_output_file, mark_output, write_text_atomic
     from nadm.study import db
     from nadm.study.export import answers_csv
 

@@ -112,7 +112,7 @@ def train(config_file, preset, output, settings, resume, overwrite, quiet, **fla
     The resolved config is saved in OUTPUT and beside every checkpoint. Run it under `accelerate launch`
     for several GPUs or processes.
     """
-    from nadm.io import check_writable
+    from nadm.outputs import check_writable
     from nadm.runfolder import find_checkpoint
     from nadm.train import resolve_config
     from nadm.train import train as run_training

@@ -79,7 +79,7 @@ class Studio:
 def build_app(pipe, outputs: str | os.PathLike, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
     """The studio as a `gr.Blocks` on a loaded pipeline, its queue set (one job at a time on the model); launch it with
     `demo.launch(**launch_options(outputs, ...))`, or use `serve`, which also gives Gradio a private upload folder."""
-    from nadm.io import check_writable
+    from nadm.outputs import check_writable
     from nadm.studio import animate_tab, gallery_tab, interpolate_tab, text_tab
     from nadm.studio.safety import check_outputs_folder
 

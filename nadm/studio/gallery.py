@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nadm.errors import NADMError
-from nadm.io import VIDEO_SUFFIXES, read_sidecar, sidecar_path
+from nadm.io import VIDEO_SUFFIXES, read_sidecar
+from nadm.outputs import sidecar_path
 
 INPUTS = "inputs"  # sub-folder of the outputs holding the paintings and still masks clips were animated from
 KINDS = ("generate", "animate", "interpolate")
@@ -194,7 +195,7 @@ def stored_input(outputs: Path, info: dict[str, Any] | None) -> Path | None:
 def keep_input(outputs: Path, source: Path, sha256: str) -> Path:
     """Copy an uploaded painting or mask into `outputs/inputs/SHA256.EXT` (once; atomically) and return that path, so
     the clip's sidecar names a file that stays."""
-    from nadm.io import temp_path
+    from nadm.outputs import temp_path
 
     folder = Path(outputs) / INPUTS
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from nadm import __version__
 from nadm.errors import NADMError
-from nadm.io import mark_output, natural_key, read_sidecar, safe_replace, temp_path
+from nadm.io import natural_key, read_sidecar
+from nadm.outputs import mark_output, safe_replace, temp_path
 from nadm.study import db
 
 MEDIA_TYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".webp": "image/webp"}

@@ -142,7 +142,7 @@ def plot(report: dict, out: Path, overwrite: bool) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from nadm.io import safe_replace, temp_path
+    from nadm.outputs import safe_replace, temp_path
 
     couples = list(dict.fromkeys((r["system_a"], r["system_b"]) for r in report["results"]))
     qids = list(report["questions"])
