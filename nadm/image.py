@@ -63,7 +63,9 @@ def _open(source, what: str):
             data = path.read_bytes()
             image = Image.open(io.BytesIO(data))
             image.load()
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except UnidentifiedImageError:
+            raise NADMError(f"cannot read {what} {path}: not an image, or damaged (no image format Pillow knows)") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise NADMError(f"cannot read {what} {path}: not an image, or damaged ({e})") from None
         sha = hashlib.sha256(data).hexdigest()
     frames = getattr(image, "n_frames", 1)

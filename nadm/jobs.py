@@ -373,7 +373,8 @@ class _Progress:
     def __init__(self, plan: Plan, show: bool, desc: str):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=len(plan.todo), desc=desc, unit="clip", disable=not show, dynamic_ncols=True)
+        self.bar = tqdm(total=len(plan.todo), desc=desc, unit="clip", disable=not show or not plan.todo,
+                        dynamic_ncols=True)
         self.manifest, self.offset = plan.manifest, plan.offset
         self.wanted = {plan.manifest.relative(job.path) for job in plan.todo} if plan.manifest else set()
         self.seen: set[str] = set()
