@@ -6,42 +6,25 @@ $NADM_STUDIO_SCREENSHOTS when set: that is how docs/studio.png is made)."""
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import headless_chromium
 from studio_helpers import TINY, Api, studio  # noqa: F401 - studio is a fixture
 
 from nadm.io import read_sidecar, read_video
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAINTING = "paintings/stevenling_landscape/shanshui_test_118.jpg"  # 458x458
 WAIT = 90  # seconds: a tiny clip takes about a second, the page a few on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium with a fresh profile, or a skip that says what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists():
-            pytest.skip(f"{path} is missing: apt-get install chromium chromium-driver")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="nadm-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                f"--user-data-dir={profile}", "--window-size=1280,1500"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    """Headless Chromium (tests/browser.py), or a skip that says what is missing."""
+    with headless_chromium(window_size="1280,1500") as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

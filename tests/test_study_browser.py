@@ -1,40 +1,15 @@
 """A real browser (Debian's headless Chromium through Selenium) completes one participant's whole study session;
 the report then counts exactly that participant's answers."""
 
-import shutil
-import tempfile
-from pathlib import Path
-
-import pytest
+from browser import headless_chromium
 from study_helpers import LiveServer, add_participants, make_clips, make_study
 
 from nadm.study import db
 from nadm.study.report import analyse
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUESTIONS = ("text", "temporal", "style", "overall")
 # what the participant prefers, by system (so the side-swapped repeat gets a consistent answer)
 TASTE = {"text": "nadm", "temporal": "animatediff", "style": None, "overall": "nadm"}
-
-
-def _browser():
-    """Headless Chromium with a fresh profile, or a skip that says what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists():
-            pytest.skip(f"{path} is missing: apt-get install chromium chromium-driver")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="nadm-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    return driver, profile
 
 
 def test_browser_completes_a_session_and_the_report_counts_exactly_its_answers(tmp_path):
@@ -47,47 +22,45 @@ def test_browser_completes_a_session_and_the_report_counts_exactly_its_answers(t
     (pid, token), = add_participants(path, 1)
     con = db.connect(path)
     system_of = dict(con.execute("SELECT c.sha256, s.name FROM clip c JOIN system s ON s.id = c.system_id"))
-    driver, profile = _browser()
-    wait = WebDriverWait(driver, 20)
     expected = {}  # (system_a, system_b, question) -> [a, b, ties], for the first showing of each pair
     server = None
-    try:
-        server = LiveServer(path)
-        driver.get(f"{server.url}/p/{token}")
-        driver.find_element(By.ID, "begin").click()
-        wait.until(lambda d: d.find_elements(By.ID, "submit"))
-        # the clips really load from /clip/<sha256>: videos decode and play, animated images have a size
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('.pair video')].every(v => v.readyState >= 2 && !v.error) && "
-            "[...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"))
-        seen = set()
-        for _ in range(10):  # bounded: 3 pairs + 1 attention check
-            if driver.find_elements(By.ID, "done"):
-                break
-            sources = [e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, ".pair video, .pair img")]
-            shown = frozenset(s.rsplit("/", 1)[1] for s in sources)
-            left, right = (system_of[s.rsplit("/", 1)[1]] for s in sources)
-            pair = tuple(sorted((left, right), key=list(clips).index))
-            for q in QUESTIONS:
-                want = TASTE[q] if TASTE[q] in (left, right) else None
-                side = "none" if want is None else ("left" if want == left else "right")
-                driver.find_element(By.CSS_SELECTOR, f"input[name=q_{q}][value={side}]").click()
-                if shown not in seen:
-                    cell = expected.setdefault((*pair, q), [0, 0, 0])
-                    cell[2 if want is None else pair.index(want)] += 1
-            seen.add(shown)
-            button = driver.find_element(By.ID, "submit")
-            button.click()
-            wait.until(expected_conditions.staleness_of(button))  # the next page replaced this one
-            wait.until(lambda d: d.find_elements(By.ID, "done") or d.find_elements(By.ID, "submit"))
-        assert driver.find_elements(By.ID, "done"), driver.page_source[:500]
-        driver.get(f"{server.url}/p/{token}")  # coming back after the end shows the thank-you page again
-        assert driver.find_elements(By.ID, "done")
-    finally:
-        driver.quit()
-        if server is not None:
-            server.stop()
-        shutil.rmtree(profile, ignore_errors=True)
+    with headless_chromium(page_load_timeout=30) as driver:
+        wait = WebDriverWait(driver, 20)
+        try:
+            server = LiveServer(path)
+            driver.get(f"{server.url}/p/{token}")
+            driver.find_element(By.ID, "begin").click()
+            wait.until(lambda d: d.find_elements(By.ID, "submit"))
+            # the clips really load from /clip/<sha256>: videos decode and play, animated images have a size
+            wait.until(lambda d: d.execute_script(
+                "return [...document.querySelectorAll('.pair video')].every(v => v.readyState >= 2 && !v.error) && "
+                "[...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"))
+            seen = set()
+            for _ in range(10):  # bounded: 3 pairs + 1 attention check
+                if driver.find_elements(By.ID, "done"):
+                    break
+                sources = [e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, ".pair video, .pair img")]
+                shown = frozenset(s.rsplit("/", 1)[1] for s in sources)
+                left, right = (system_of[s.rsplit("/", 1)[1]] for s in sources)
+                pair = tuple(sorted((left, right), key=list(clips).index))
+                for q in QUESTIONS:
+                    want = TASTE[q] if TASTE[q] in (left, right) else None
+                    side = "none" if want is None else ("left" if want == left else "right")
+                    driver.find_element(By.CSS_SELECTOR, f"input[name=q_{q}][value={side}]").click()
+                    if shown not in seen:
+                        cell = expected.setdefault((*pair, q), [0, 0, 0])
+                        cell[2 if want is None else pair.index(want)] += 1
+                seen.add(shown)
+                button = driver.find_element(By.ID, "submit")
+                button.click()
+                wait.until(expected_conditions.staleness_of(button))  # the next page replaced this one
+                wait.until(lambda d: d.find_elements(By.ID, "done") or d.find_elements(By.ID, "submit"))
+            assert driver.find_elements(By.ID, "done"), driver.page_source[:500]
+            driver.get(f"{server.url}/p/{token}")  # coming back after the end shows the thank-you page again
+            assert driver.find_elements(By.ID, "done")
+        finally:
+            if server is not None:
+                server.stop()
     assert len(seen) == 3
     report = analyse(con)
     assert report["participants"] == {"analysed": 1, "failed_attention": 0, "incomplete": 0}
