@@ -1,5 +1,6 @@
 """`nadm --version` and `nadm info`, run as a user would (a subprocess)."""
 
+import re
 import subprocess
 import sys
 
@@ -51,3 +52,38 @@ def test_unknown_command_and_exit_codes_pass_through():
     assert r.returncode == 2 and "No such command" in r.stderr
     r = nadm("--help")
     assert r.returncode == 0 and "info" in r.stdout
+
+
+@pytest.mark.parametrize("items, plain, message", [
+    (("a",), False, "--opt takes NAME=DIR, got 'a'"),
+    (("=x",), False, "--opt takes NAME=DIR, got '=x'"),
+    (("a= ",), False, "--opt takes NAME=DIR, got 'a= '"),
+    (("a=x", " a =y"), False, "thing name 'a' is given twice"),
+    (("../up=x",), True, "thing name '../up' must be a plain folder name"),
+    ((".=x",), True, "thing name '.' must be a plain folder name"),
+])
+def test_named_options_refuse_malformed_items(items, plain, message):
+    from nadm.commands.options import parse_named
+    from nadm.errors import NADMError
+
+    with pytest.raises(NADMError, match=re.escape(message)):
+        parse_named(items, "--opt", "DIR", "thing", plain=plain)
+
+
+def test_named_options_keep_order_and_strip():
+    from nadm.commands.options import parse_named
+
+    got = parse_named(("b = one", "a=two=2", "../x=3"), "--opt", "DIR", "thing")
+    assert list(got.items()) == [("b", "one"), ("a", "two=2"), ("../x", "3")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "--motion", "a/b=ckpt", "--prompts", "prompts.txt", "--out", "out"],
+     "motion name 'a/b' must be a plain folder name (letters, digits, . _ + -)"),
+    (["study", "create", "--system", "A=x", "--system", "A=y", "-o", "s.sqlite"], "system name 'A' is given twice"),
+])
+def test_named_options_from_the_command_line(tmp_path, args, message):
+    (tmp_path / "prompts.txt").write_text("ink mountains\n")
+    r = subprocess.run([sys.executable, "-m", "nadm", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {message}", r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["prompts.txt"]  # nothing written

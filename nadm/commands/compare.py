@@ -3,7 +3,6 @@ I-IV); inputs, options and report as `nadm evaluate` (`nadm.commands.evaluate`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,26 +16,10 @@ from nadm.commands.evaluate import (
     read_prompt_file,
     score_and_report,
 )
-from nadm.errors import NADMError
+from nadm.commands.options import parse_named
 
 if TYPE_CHECKING:
     from nadm.jobs import Job, Plan
-
-
-def _parse_motion(items: tuple[str, ...]) -> dict[str, str]:
-    """NAME=CHECKPOINT pairs -> {name: checkpoint}; names become folder names, so they must be plain."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, ckpt = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not ckpt.strip():
-            raise NADMError(f"--motion takes NAME=CHECKPOINT, got '{item}'")
-        if not re.fullmatch(r"[A-Za-z0-9._+-]+", name) or name in (".", ".."):
-            raise NADMError(f"motion name '{name}' must be a plain folder name (letters, digits, . _ + -)")
-        if name in out:
-            raise NADMError(f"motion name '{name}' is given twice")
-        out[name] = ckpt.strip()
-    return out
 
 
 @click.command(epilog=METRIC_HELP + """
@@ -80,7 +63,7 @@ def compare(motions: tuple[str, ...], prompts_file: str, seeds: str, out_dir: st
     # 1. check every input, and fetch the metric networks, before hours of generation
     json_out = check_output_file(kw["json_out"], kw["overwrite"])
     opt = options_from(kw)
-    checkpoints = _parse_motion(motions)
+    checkpoints = parse_named(motions, "--motion", "CHECKPOINT", "motion", plain=True)  # names become folders
     prompts = read_prompt_file(prompts_file)
     seed_list = parse_seeds(seeds)
     real = list_videos(real_dir) if real_dir else None

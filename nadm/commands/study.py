@@ -7,23 +7,15 @@ from pathlib import Path
 
 import click
 
+from nadm.commands.options import parse_named
 from nadm.errors import NADMError
 
 MIN_ADMIN_TOKEN = 16
 
 
-def _parse_systems(items: tuple[str, ...]) -> dict[str, Path]:
-    """NAME=DIR pairs -> {name: folder}, in the order given (the report's order)."""
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not folder.strip():
-            raise NADMError(f"--system takes NAME=DIR, got '{item}'")
-        if name in out:
-            raise NADMError(f"system name '{name}' is given twice")
-        out[name] = Path(folder.strip()).expanduser()
-    return out
+def _systems(items: tuple[str, ...]) -> dict[str, Path]:
+    """`--system NAME=DIR` -> {name: folder}, in the order given (the report's order)."""
+    return {name: Path(folder).expanduser() for name, folder in parse_named(items, "--system", "DIR", "system").items()}
 
 
 def _read_text(path: str | None, what: str) -> str | None:
@@ -67,7 +59,7 @@ def create(systems: tuple[str, ...], prompts_file: str | None, k: int | None, at
 
     prompts = read_prompt_file(prompts_file) if prompts_file else None
     intro = _read_text(intro_file, "introduction")
-    plan = plan_study(_parse_systems(systems), prompts, prompts_file, reference)
+    plan = plan_study(_systems(systems), prompts, prompts_file, reference)
     options = DesignOptions(k, attention_checks, reference, seed, intro)
     path = create_study(out, plan, options, overwrite)
     for name, clips in plan.clips.items():
