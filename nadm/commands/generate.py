@@ -20,13 +20,7 @@ from nadm.commands.options import motion_lora_option, parse_motion_loras
 from nadm.errors import NADMError
 from nadm.jobs import expand_pattern, parse_seeds
 from nadm.pipeline import (
-    BASE_FPS,
-    COMPILE_MODES,
-    DEFAULT_MOTION,
-    SCHEDULERS,
-    check_compile,
-    check_motion_scale,
-    check_request,
+    BASE_FPS, COMPILE_MODES, DEFAULT_MOTION, SCHEDULERS, check_compile, check_motion_scale, check_request,
 )  # fmt: skip
 from nadm.travel import INTERPOLATIONS, travel_keys
 from nadm.windows import DEFAULT_SCHEDULE, SCHEDULES, check_window_options
