@@ -31,3 +31,40 @@ def interpolate_keyframes(
     if loop:
         return interpolate_loop(keyframes, 1, "sofp", flow=flow, window=window, progress=progress)
     return sofp(keyframes, flow=flow, window=window, progress=progress)
+
+
+def interpolate_clip(
+    frames: np.ndarray,
+    times: int,
+    method: str = "sofp",
+    flow: str | None = None,
+    dis_preset: str | None = None,
+    window: int | None = None,
+    loop: bool = False,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`nadm interpolate` and the studio's Interpolate tab (Sec. III-E): `times` doublings of a checked clip (a loop's
+    last -> first pair too) and the sidecar's record of how; flow "dis" unless crossfade; NADMError for bad options."""
+    from nadm import interpolate as interp
+    from nadm.errors import NADMError
+
+    options: dict[str, Any] = {"progress": progress}
+    if method != "crossfade":
+        flow = flow or "dis"
+        options["flow"] = interp.get_flow(flow, **({"preset": dis_preset} if dis_preset else {}))  # raft: problems here
+    if method == "sofp":
+        options["window"] = window
+    try:
+        if loop:
+            result = interpolate_loop(frames, times, method, **options)
+        else:
+            result = interp.times(frames, times, method=method, **options)
+    except ValueError as e:
+        raise NADMError(str(e)) from e
+    record: dict[str, Any] = {"method": method, "flow": flow, "times": times, "window": window, "loop": loop,
+                              "frames_in": int(len(frames)), "frames_out": int(len(result))}  # fmt: skip
+    if method == "sofp":
+        record["sofp"] = dict(interp.SOFP_DEFAULTS)
+    if flow == "dis":
+        record["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
+    return result, record

@@ -48,7 +48,7 @@ def interpolate(
     """Insert frames between the frames of IN (a video, GIF, or folder of images) and write OUT."""
     from nadm import interpolate as interp
     from nadm.io import check_output_path, read_sidecar, read_video, write_video
-    from nadm.loops import interpolate_loop
+    from nadm.loops import interpolate_clip
 
     # 1. option consistency and the output path, before any expensive work
     if method == "crossfade" and flow is not None:
@@ -68,41 +68,12 @@ def interpolate(
     check_frame_count(frames.shape, times_, force, loop)
 
     # 3. interpolate
-    options: dict = {}
-    if method != "crossfade":
-        flow = flow or "dis"
-        flow_options = {"preset": dis_preset} if dis_preset else {}
-        options["flow"] = interp.get_flow(flow, **flow_options)  # raft: torchvision/weight problems surface here
-    if method == "sofp":
-        options["window"] = window
-    try:
-        if loop:
-            result = interpolate_loop(frames, times_, method, **options)
-        else:
-            result = interp.times(frames, times_, method=method, **options)
-    except ValueError as e:
-        raise NADMError(str(e)) from e
+    result, record = interpolate_clip(frames, times_, method, flow, dis_preset, window, loop)
 
     # 4. write with the settings in the sidecar
     fps_out = fps_in if keep_fps else fps_in * 2**times_
-    settings = {
-        "command": "interpolate",
-        "method": method,
-        "flow": flow,
-        "times": times_,
-        "window": window,
-        "loop": loop,
-        "keep_fps": keep_fps,
-        "input": str(Path(input_path).resolve()),
-        "fps_in": fps_in,
-        "fps_out": fps_out,
-        "frames_in": int(len(frames)),
-        "frames_out": int(len(result)),
-    }
-    if method == "sofp":
-        settings["sofp"] = dict(interp.SOFP_DEFAULTS)
-    if flow == "dis":
-        settings["dis_preset"] = dis_preset or interp.DEFAULT_DIS_PRESET
+    settings = {"command": "interpolate", **record, "keep_fps": keep_fps, "input": str(Path(input_path).resolve()),
+                "fps_in": fps_in, "fps_out": fps_out}  # fmt: skip
     write_video(result, out, fps_out, metadata={"interpolation": settings, "loop": loop}, overwrite=overwrite)
     written = read_sidecar(out)["fps"]  # the rate written (a GIF's delays are whole 1/100 s)
     click.echo(f"wrote {out}: {len(frames)} -> {len(result)} frames, {fps_in:g} -> {written:g} fps ({method})")

@@ -24,23 +24,6 @@ if TYPE_CHECKING:
 PREFIX = "interp"
 
 
-def interpolate_frames(frames, options: dict):
-    """`(N, H, W, 3)` -> `(2^K (N-1) + 1, ...)`, or `2^K N` for a loop, with the form's method and flow."""
-    from nadm import interpolate as interp
-    from nadm.errors import NADMError
-    from nadm.loops import interpolate_loop
-
-    kwargs = {"progress": True}
-    if options["flow"] is not None:
-        kwargs["flow"] = interp.get_flow(options["flow"])
-    try:
-        if options["loop"]:
-            return interpolate_loop(frames, options["times"], options["method"], **kwargs)
-        return interp.times(frames, options["times"], method=options["method"], **kwargs)
-    except ValueError as e:
-        raise NADMError(str(e)) from e
-
-
 def build(studio: Studio) -> Panel:
     """The tab's controls and events (inside a `gr.Tab`)."""
     panel = Panel()
@@ -63,8 +46,9 @@ def build(studio: Studio) -> Panel:
     def make_clip(data: dict, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         """Interpolate the uploaded clip and write the result with its sidecar."""
         from nadm.commands.interpolate import check_frame_count
-        from nadm.interpolate import DEFAULT_DIS_PRESET, SOFP_DEFAULTS, check_clip
+        from nadm.interpolate import check_clip
         from nadm.io import write_video
+        from nadm.loops import interpolate_clip
 
         form = panel.form(data)
         if not form["clip"]:
@@ -81,15 +65,11 @@ def build(studio: Studio) -> Panel:
         progress(0, desc="waiting for its turn")
         with studio.jobs.run(request.session_hash, "interpolate"):
             start = time.perf_counter()
-            result = interpolate_frames(frames, options)
+            result, record = interpolate_clip(frames, options["times"], options["method"], options["flow"],
+                                              loop=options["loop"], progress=True)  # fmt: skip
             fps_out = fps * 2 ** options["times"]
-            settings = {"command": "interpolate", **options, "window": None, "keep_fps": False, "input": source.name,
-                        "input_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "fps_in": fps, "fps_out": fps_out,
-                        "frames_in": len(frames), "frames_out": len(result)}  # fmt: skip
-            if options["method"] == "sofp":
-                settings["sofp"] = dict(SOFP_DEFAULTS)
-            if options["flow"] == "dis":
-                settings["dis_preset"] = DEFAULT_DIS_PRESET
+            settings = {"command": "interpolate", **record, "keep_fps": False, "input": source.name, "fps_in": fps,
+                        "input_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "fps_out": fps_out}  # fmt: skip
             written = write_video(result, path, fps_out, metadata={"interpolation": settings, "loop": options["loop"]})
         elapsed = time.perf_counter() - start
         return str(written), f"Wrote **{written.name}**: {len(frames)} -> {len(result)} frames ({options['method']}), {elapsed:.1f} s"
