@@ -39,16 +39,7 @@ import numpy as np
 
 from nadm import __version__, signals
 from nadm.errors import NADMError, note
-from nadm.outputs import (
-    check_replaceable,
-    check_writable,
-    clean_stale_temporaries,
-    json_default,
-    remove_path,
-    safe_replace,
-    sidecar_path,
-    temp_path,
-)
+from nadm.outputs import json_default, prepare_output, remove_path, safe_replace, sidecar_path, temp_path
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webp")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -101,23 +92,14 @@ def _format_of(path: Path) -> str:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Validate an output path before any expensive work (format, kind, `check_replaceable` for it and its sidecar,
-    writability); remove temporaries a killed run left for it; create its parent folder; return it as a Path."""
+    """Validate a video output path before any expensive work: its format and kind here, then `prepare_output` (it and
+    its sidecar replaceable, the folder writable and made, stale temporaries removed); return it as a Path."""
     out = Path(path).expanduser()
     _format_of(out)
     if out.exists() and out.is_dir() != (out.suffix == ""):
         kind = "folder" if out.is_dir() else "file"
         raise NADMError(f"{out} exists and is a {kind}; choose another output path")
-    for target in (out, sidecar_path(out)):
-        check_replaceable(target, overwrite)
-    check_writable(out.parent)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise NADMError(f"cannot create the output folder {out.parent}: {e.strerror or e}") from e
-    for target in (out, sidecar_path(out)):
-        clean_stale_temporaries(target)
-    return out
+    return prepare_output(out, overwrite)
 
 
 def _check_frames(frames: np.ndarray) -> None:

@@ -295,15 +295,22 @@ def check_output_file(path: str | os.PathLike | None, overwrite: bool, option: s
     out = Path(path).expanduser()
     if out.is_dir():
         raise NADMError(f"{out} is a folder; give a file name for {option}")
-    check_replaceable(out, overwrite)  # with --overwrite, only a file nadm wrote
-    if out.suffix != ".json":
-        check_replaceable(sidecar_path(out), overwrite)
+    return prepare_output(out, overwrite, sidecar=out.suffix != ".json")
+
+
+def prepare_output(out: Path, overwrite: bool, sidecar: bool = True) -> Path:
+    """Room for the output `out` (and its sidecar): each replaceable (`check_replaceable`: with `overwrite`, only what
+    nadm wrote), the folder writable and made, stale temporaries of each removed; returns `out`."""
+    targets = (out, sidecar_path(out)) if sidecar else (out,)
+    for target in targets:
+        check_replaceable(target, overwrite)
     check_writable(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise NADMError(f"cannot create the folder {out.parent}: {e.strerror or e}") from e
-    clean_stale_temporaries(out)
+        raise NADMError(f"cannot create the output folder {out.parent}: {e.strerror or e}") from e
+    for target in targets:
+        clean_stale_temporaries(target)
     return out
 
 
@@ -357,6 +364,7 @@ __all__ = [
     "foreign_file",
     "json_default",
     "mark_output",
+    "prepare_output",
     "remove_path",
     "safe_replace",
     "sidecar_path",
